@@ -1,0 +1,1 @@
+"""Trusted evaluation: datasets, training recipe (also run in the sandbox), metrics, dynamics, plots."""

@@ -1,0 +1,1 @@
+"""pytorch-researcher orchestrator: the trusted side."""

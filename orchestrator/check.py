@@ -1,0 +1,160 @@
+"""`researcher check`: evaluate one model file safely, optionally training it.
+
+The file is read and syntax-checked on the host (``ast.parse``, a friendly
+early error only), then sent as text to a fresh sandbox. Nothing from the file
+is imported here. With ``--train`` the trusted side prepares the dataset, keeps
+the test labels, and scores the returned logits itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.exceptions import UsageError
+from orchestrator.sandbox.base import Backend
+from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.runner import JobResult, new_job_id, run_job
+from sandbox_image.protocol import Failure, FailureKind, Job, Stage, TrainSpec
+
+MAX_SOURCE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """What the user asked `researcher check` to do."""
+
+    path: Path
+    class_name: str = "Net"
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    train: TrainSpec | None = None
+    dataset: str | None = None
+    data_dir: str | None = None
+    out: Path | None = None
+
+
+@dataclass
+class CheckOutcome:
+    """The result of a check, ready to print or serialise."""
+
+    request: CheckRequest
+    result: JobResult
+    scores: Any = None  # evaluator Scores when trained
+    dynamics: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the model passed, 1 when it failed."""
+        return 0 if self.result.failure is None else 1
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse ``1,8,8`` (or ``1x8x8``) into a shape tuple of positive ints."""
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} must be comma-separated integers, e.g. 1,8,8") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape {text!r} must have positive dimensions, e.g. 1,8,8")
+    return shape
+
+
+def read_source(path: Path) -> str:
+    """Read a model file and check its syntax on the host (not a security check)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_SOURCE_BYTES:
+        raise UsageError(f"model file {str(path)!r} is {len(data)} bytes; the limit is {MAX_SOURCE_BYTES}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"model file {str(path)!r} is not UTF-8 text: {exc}") from exc
+
+
+def syntax_failure(source: str) -> Failure | None:
+    """A syntax_error Failure when the source does not parse, else None."""
+    try:
+        ast.parse(source)
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
+        return Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR, message=f"SyntaxError: {exc.msg} ({where})")
+    return None
+
+
+def run_check(request: CheckRequest, backend_factory, config: SandboxConfig, *, progress=None) -> CheckOutcome:
+    """Check (and optionally train and score) one model file."""
+    source = read_source(request.path)
+    job_id = new_job_id()
+    failure = syntax_failure(source)
+    if failure is not None:
+        return CheckOutcome(request, JobResult(job_id=job_id, failure=failure))
+    if request.train is not None:
+        from orchestrator.training import run_training_check
+
+        return run_training_check(request, source, job_id, backend_factory, config, progress=progress)
+    if request.input_shape is None or request.num_classes is None:
+        raise UsageError("give --input-shape and --num-classes (or --dataset NAME, which implies both)")
+    job = Job(
+        job_id=job_id, source=source, class_name=request.class_name, input_shape=request.input_shape,
+        num_classes=request.num_classes, device=config.device, threads=config.threads,
+    )
+    backend: Backend = backend_factory()
+    try:
+        result = run_job(backend, job, config)
+    finally:
+        backend.close()
+    return CheckOutcome(request, result)
+
+
+def outcome_json(outcome: CheckOutcome) -> dict:
+    """The `--json` object: status, failure, params, output_shape, seconds (+ metrics when trained)."""
+    result = outcome.result
+    failure = result.failure
+    data: dict[str, Any] = {
+        "status": result.status,
+        "failure": None if failure is None else {"stage": failure.stage.value, "kind": failure.kind.value, "message": failure.message},
+        "params": result.check.params if result.check else None,
+        "output_shape": list(result.check.output_shape) if result.check else None,
+        "seconds": round(result.seconds, 3),
+        "startup_seconds": round(result.startup_seconds, 3),
+        "job_id": result.job_id,
+    }
+    if failure is not None and failure.traceback:
+        data["failure"]["traceback"] = failure.traceback
+    if result.exit is not None:
+        data["exit"] = {"code": result.exit.exit_code, "oom_killed": result.exit.oom_killed}
+    data.update(outcome.extra)
+    return data
+
+
+def print_outcome(outcome: CheckOutcome, *, as_json: bool, stream=None) -> None:
+    """Print the outcome for a person, or as one JSON object."""
+    stream = stream or sys.stdout
+    if as_json:
+        stream.write(json.dumps(outcome_json(outcome), indent=2) + "\n")
+        return
+    result = outcome.result
+    name = outcome.request.path.name
+    if result.failure is None:
+        check = result.check
+        stream.write(
+            f"PASSED {name}: {outcome.request.class_name} has {check.params:,} parameters, output "
+            f"{tuple(check.output_shape)}, {result.seconds:.1f} s in the sandbox\n"
+        )
+    else:
+        f = result.failure
+        stream.write(f"FAILED {name}: {f.kind.value} at stage {f.stage.value}\n  {f.message}\n")
+        if f.traceback:
+            stream.write("  traceback (from the sandbox, trimmed):\n")
+            stream.write("".join(f"    {line}\n" for line in f.traceback.rstrip().splitlines()[-12:]))
+    if "summary" in outcome.extra:
+        stream.write(outcome.extra["summary_text"])

@@ -1,0 +1,44 @@
+"""Exceptions of the orchestrator, translated once at each edge.
+
+    ResearcherError
+    ├── UsageError(ValueError)            bad flags, unreadable files: exit 2
+    ├── DataError(ValueError)             a dataset is missing or malformed
+    └── SandboxError
+        ├── SandboxUnavailable(RuntimeError)   no engine, no image, stale image: exit 3
+        ├── SandboxTimeout(TimeoutError)
+        └── ProtocolViolation(ValueError)      a worker sent something undecodable
+
+Docker, ZeroMQ and httpx errors are caught where they happen and re-raised as
+one of these with ``raise ... from exc``. A candidate's own failure is *not* an
+exception: it is a ``Failure`` record (see ``sandbox_image.protocol``).
+"""
+
+from __future__ import annotations
+
+
+class ResearcherError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class UsageError(ResearcherError, ValueError):
+    """The user asked for something that cannot work; the message says how to fix it."""
+
+
+class DataError(ResearcherError, ValueError):
+    """A dataset is missing or malformed; the message says what to install or where."""
+
+
+class SandboxError(ResearcherError):
+    """Root of sandbox lifecycle and transport errors."""
+
+
+class SandboxUnavailable(SandboxError, RuntimeError):
+    """No sandbox can be started (no engine, no image, stale image, no GPU runtime)."""
+
+
+class SandboxTimeout(SandboxError, TimeoutError):
+    """A sandbox did not answer in time."""
+
+
+class ProtocolViolation(SandboxError, ValueError):
+    """A worker sent a message that is too large, undecodable or out of order."""

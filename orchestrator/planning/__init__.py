@@ -1,0 +1,1 @@
+"""Planning: goal parsing, the deterministic assembler, and the offline and LLM planners."""

@@ -1,0 +1,60 @@
+"""Settings of one sandbox: image, resource caps, runtime, device, time limits."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from orchestrator.exceptions import UsageError
+from sandbox_image.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+DEFAULT_IMAGE = "pytorch-researcher-sandbox:latest"
+RUNTIMES = ("runc", "runsc")
+DEVICES = ("cpu", "cuda")
+_SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+
+
+class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Hardening and limits for one sandbox container; every default is the safe one."""
+
+    image: str = DEFAULT_IMAGE  # sandbox image (build it with `researcher image build`)
+    memory: str = "2g"  # memory cap; swap is capped to the same value (no swap)
+    cpus: float = 1.0  # CPU cap; torch/OMP threads follow it
+    pids: int = 256  # process/thread cap (fork bombs)
+    tmpfs_size: str = "256m"  # size of the writable /tmp (counts against memory)
+    nofile: int = 1024  # open-file limit
+    runtime: str = "runc"  # runc (default) or runsc (gVisor)
+    device: str = "cpu"  # cpu or cuda (one GPU per container)
+    gpu: str | None = None  # GPU index or UUID for cuda; None = any one
+    timeout_s: float = 300.0  # wall-clock limit of a whole job, enforced by the host (kill)
+    startup_timeout_s: float = 90.0  # limit for the worker to come up and say Ready
+    log_max_size: str = "1m"  # container log cap (stdout/stderr floods)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # cap of one message from the worker
+
+    @property
+    def threads(self) -> int:
+        """Torch/OMP threads inside: the CPU cap, rounded down, at least one."""
+        return max(1, int(self.cpus))
+
+
+def validate(config: SandboxConfig) -> SandboxConfig:
+    """Check every field at once and raise one UsageError listing all problems."""
+    problems = []
+    if not _SIZE.match(config.memory):
+        problems.append(f"--memory {config.memory!r} is not a size like 2g or 512m")
+    if not _SIZE.match(config.tmpfs_size):
+        problems.append(f"tmpfs size {config.tmpfs_size!r} is not a size like 256m")
+    if not 0 < config.cpus <= 256:
+        problems.append(f"--cpus {config.cpus} must be > 0")
+    if config.pids < 16:
+        problems.append(f"pids limit {config.pids} is too low for Python (use >= 16)")
+    if config.runtime not in RUNTIMES:
+        problems.append(f"--runtime {config.runtime!r} must be one of {', '.join(RUNTIMES)}")
+    if config.device not in DEVICES:
+        problems.append(f"--device {config.device!r} must be one of {', '.join(DEVICES)}")
+    if config.timeout_s <= 0:
+        problems.append(f"--timeout {config.timeout_s} must be > 0 seconds")
+    if problems:
+        raise UsageError("; ".join(problems))
+    return config

@@ -1,0 +1,276 @@
+"""The Docker backend: one hardened, network-less container per job.
+
+Every setting of DESIGN.md section 4 is on by default and none can be turned
+off from the command line: no network, read-only root, a capped tmpfs for
+/tmp, all capabilities dropped, no-new-privileges, uid 65534, pids, memory
+(= memory + swap) and CPU caps, nofile and core ulimits, a capped log, an init
+process (so a kill is immediate), only the environment we set, the job socket
+and data mounted read-only, and no Docker socket. Docker SDK errors are
+translated here, once, into ``orchestrator.exceptions``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, LogConfig, Ulimit
+
+from orchestrator.exceptions import SandboxError, SandboxUnavailable
+from orchestrator.sandbox.base import ExitStatus, Mounts
+from orchestrator.sandbox.config import SandboxConfig
+
+LABEL_ROLE = "org.pytorch-researcher.role"
+LABEL_JOB = "org.pytorch-researcher.job"
+LABEL_OWNER = "org.pytorch-researcher.owner"  # "<hostname>:<pid>" of the orchestrator
+ROLE_SANDBOX = "sandbox"
+SOCKET_NAME = "worker.sock"
+
+
+def owner_id() -> str:
+    """Identifies this orchestrator process on this host."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def connect(timeout: float = 30.0) -> docker.DockerClient:
+    """A Docker client, or SandboxUnavailable saying how to get an engine."""
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise SandboxUnavailable(
+            "no Docker engine answers "
+            f"({exc.__class__.__name__}: {str(exc)[:200]}). Start one (`sudo dockerd &` or "
+            "`systemctl start docker`), or run scripts/setup.sh, which installs and starts it; "
+            "set DOCKER_HOST if your engine listens elsewhere."
+        ) from exc
+    return client
+
+
+def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> dict:
+    """The docker SDK arguments of one hardened job container (pure, for tests)."""
+    threads = str(config.threads)
+    volumes = {str(job_dir): {"bind": "/job", "mode": "ro"}}
+    if data_dir is not None:
+        volumes[str(data_dir)] = {"bind": "/data", "mode": "ro"}
+    kwargs = dict(
+        image=config.image,
+        command=[f"/job/{SOCKET_NAME}"],
+        detach=True,
+        network_mode="none",
+        read_only=True,
+        tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={config.tmpfs_size}"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        user="65534:65534",
+        pids_limit=config.pids,
+        mem_limit=config.memory,
+        memswap_limit=config.memory,
+        nano_cpus=int(config.cpus * 1e9),
+        ulimits=[
+            Ulimit(name="nofile", soft=config.nofile, hard=config.nofile),
+            Ulimit(name="core", soft=0, hard=0),
+        ],
+        log_config=LogConfig(type="json-file", config={"max-size": config.log_max_size, "max-file": "1"}),
+        init=True,
+        environment={
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            "PYTHONHASHSEED": "0",
+        },
+        volumes=volumes,
+        hostname="sandbox",
+        labels={LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
+        name=f"researcher-{job_id}",
+    )
+    if config.runtime != "runc":
+        kwargs["runtime"] = config.runtime
+    if config.device == "cuda":
+        ids = [config.gpu] if config.gpu is not None else None
+        kwargs["device_requests"] = [
+            DeviceRequest(device_ids=ids, count=None if ids else 1, capabilities=[["gpu"]])
+        ]
+    return kwargs
+
+
+def _explain_create_error(exc: docker.errors.DockerException, config: SandboxConfig) -> SandboxError:
+    text = str(exc)
+    if isinstance(exc, docker.errors.ImageNotFound) or "No such image" in text:
+        return SandboxUnavailable(
+            f"sandbox image {config.image!r} is not built: run `researcher image build`"
+        )
+    if "could not select device driver" in text or "nvidia" in text.lower():
+        return SandboxUnavailable(
+            "--device cuda needs a GPU and the NVIDIA container toolkit on the Docker host "
+            f"({text[:200]}). Install nvidia-container-toolkit and restart dockerd, or use --device cpu."
+        )
+    if "unknown or invalid runtime" in text or "runtime" in text and config.runtime != "runc":
+        return SandboxUnavailable(
+            f"Docker has no runtime {config.runtime!r} ({text[:200]}). Install gVisor (`apt-get "
+            "install runsc`) and register it in /etc/docker/daemon.json with runtimeArgs "
+            "[\"--network=none\", \"--host-uds=open\"] (scripts/setup.sh does this), or use --runtime runc."
+        )
+    return SandboxUnavailable(f"could not start a sandbox container: {text[:400]}")
+
+
+class DockerSandbox:
+    """One container for one job; a context manager that always removes it."""
+
+    def __init__(self, client: docker.DockerClient, kwargs: dict, data_dir: Path | None) -> None:
+        self._client = client
+        self._kwargs = kwargs
+        self._container = None
+        self._exit: ExitStatus | None = None
+        self._exited = threading.Event()
+        self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)
+
+    def __enter__(self) -> DockerSandbox:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Create and start the container, and watch for its exit in a thread."""
+        try:
+            self._container = self._client.containers.run(**self._kwargs)
+        except docker.errors.DockerException as exc:
+            self._remove_by_name()
+            raise _explain_create_error(exc, _config_from(self._kwargs)) from exc
+        threading.Thread(target=self._wait, name=f"wait-{self._kwargs['name']}", daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            result = self._container.wait()
+            state = self._client.api.inspect_container(self._container.id)["State"]
+            self._exit = ExitStatus(
+                exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
+                oom_killed=bool(state.get("OOMKilled")),
+                error=str(state.get("Error") or ""),
+            )
+        except docker.errors.DockerException as exc:
+            self._exit = ExitStatus(exit_code=-1, error=f"lost the container: {exc}")
+        self._exited.set()
+
+    def exit_status(self) -> ExitStatus | None:
+        """The exit status once the container has stopped (never blocks)."""
+        return self._exit if self._exited.is_set() else None
+
+    def wait_exit(self, timeout: float) -> ExitStatus | None:
+        """Wait up to ``timeout`` seconds for the container to stop."""
+        self._exited.wait(timeout)
+        return self.exit_status()
+
+    def kill(self) -> None:
+        """SIGKILL the container (init=True makes this immediate)."""
+        if self._container is None or self._exited.is_set():
+            return
+        try:
+            self._container.kill()
+        except docker.errors.DockerException:
+            pass  # already stopped: the waiter thread reports how
+
+    def logs(self, tail: int = 50) -> str:
+        """The last lines of the container's output."""
+        if self._container is None:
+            return ""
+        try:
+            return self._container.logs(tail=tail).decode("utf-8", "replace")
+        except docker.errors.DockerException:
+            return ""
+
+    def close(self) -> None:
+        """Kill and remove the container; safe to call twice."""
+        if self._container is None:
+            return
+        self.kill()
+        self._exited.wait(10)
+        try:
+            self._container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException:
+            self._remove_by_name()
+        self._container = None
+
+    def _remove_by_name(self) -> None:
+        try:
+            self._client.containers.get(self._kwargs["name"]).remove(force=True, v=True)
+        except docker.errors.DockerException:
+            pass
+
+
+def _config_from(kwargs: dict) -> SandboxConfig:
+    return SandboxConfig(image=kwargs["image"], runtime=kwargs.get("runtime", "runc"))
+
+
+class DockerBackend:
+    """Creates hardened containers; removes orphans of dead orchestrators."""
+
+    name = "docker"
+    unsafe = False
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        self._client = client or connect()
+        self.reap_orphans()
+
+    def create(self, job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> DockerSandbox:
+        """A container (not yet started) for one job."""
+        return DockerSandbox(self._client, container_kwargs(job_id, job_dir, data_dir, config), data_dir)
+
+    def containers(self, *, all_owners: bool = False) -> list:
+        """Sandbox containers of this orchestrator (or of every one)."""
+        filters = {"label": [f"{LABEL_ROLE}={ROLE_SANDBOX}"]}
+        if not all_owners:
+            filters["label"].append(f"{LABEL_OWNER}={owner_id()}")
+        try:
+            return self._client.containers.list(all=True, filters=filters)
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailable(f"cannot list containers: {exc}") from exc
+
+    def reap_orphans(self, *, everyone: bool = False) -> int:
+        """Remove sandbox containers whose orchestrator on this host is gone.
+
+        Containers of orchestrators on other hosts sharing this engine are left
+        alone unless ``everyone`` is set (``researcher cleanup --all``).
+        """
+        host = socket.gethostname()
+        removed = 0
+        for container in self.containers(all_owners=True):
+            owner = container.labels.get(LABEL_OWNER, "")
+            owner_host, _, pid = owner.rpartition(":")
+            mine = owner_host == host and pid.isdigit()
+            if not everyone and (not mine or _alive(int(pid))):
+                continue
+            try:
+                container.remove(force=True, v=True)
+                removed += 1
+            except docker.errors.DockerException:
+                pass
+        return removed
+
+    def close(self) -> None:
+        """Remove every container this process still owns."""
+        for container in self.containers():
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.DockerException:
+                pass
+        self._client.close()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,318 @@
+"""Run one job in one sandbox and turn whatever happens into a ``JobResult``.
+
+This is where the host speaks the protocol: bind the job's socket, start the
+sandbox, wait for ``Ready``, send the ``Job``, collect messages until ``Done``
+or ``Failure``, and enforce the wall-clock limit by killing the sandbox. A
+model that crashes, hangs, floods, forges or exhausts anything ends as a
+``Failure`` in the result - never as an exception here. Only an unusable
+sandbox (no engine, no image, a stale image) raises ``SandboxUnavailable``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
+from orchestrator.sandbox.base import Backend, ExitStatus, Sandbox
+from orchestrator.sandbox.channel import Channel
+from orchestrator.sandbox.config import SandboxConfig
+from sandbox_image.protocol import (
+    ALLOWED_DTYPES,
+    PROTOCOL_VERSION,
+    CheckReport,
+    Done,
+    Failure,
+    FailureKind,
+    Job,
+    Predictions,
+    Progress,
+    Ready,
+    Stage,
+    WorkerMessage,
+)
+
+_POLL_S = 0.05
+_MAX_MESSAGES = 20_000  # a worker that floods small messages is cut off
+_EXIT_GRACE_S = 5.0
+_SIGSEGV = 11
+
+
+@dataclass
+class JobResult:
+    """Everything the host learned from one job; ``failure`` is None when it passed."""
+
+    job_id: str
+    ready: Ready | None = None
+    check: CheckReport | None = None
+    progress: list[Progress] = field(default_factory=list)
+    predictions: list[Predictions] = field(default_factory=list)
+    failure: Failure | None = None
+    exit: ExitStatus | None = None
+    logs: str = ""
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    handoff_seconds: float = 0.0  # Job sent -> first message back
+
+    @property
+    def status(self) -> str:
+        """``passed`` or ``failed``."""
+        return "failed" if self.failure is not None else "passed"
+
+
+class _Ended(Exception):
+    """Internal: the sandbox stopped before the job finished."""
+
+    def __init__(self, status: ExitStatus) -> None:
+        super().__init__(f"exit {status.exit_code}")
+        self.status = status
+
+
+class _Expired(Exception):
+    """Internal: a deadline passed."""
+
+
+def new_job_id() -> str:
+    """A short unique id for a job (also the container name suffix)."""
+    return uuid.uuid4().hex[:12]
+
+
+def make_job_dir(root: Path | None = None) -> Path:
+    """A private directory for one job's socket, traversable by the worker's uid."""
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="researcher-job-", dir=root))
+    path.chmod(0o711)  # o+x so uid 65534 can reach the socket; no listing
+    return path
+
+
+def run_job(
+    backend: Backend,
+    job: Job,
+    config: SandboxConfig,
+    *,
+    data_dir: Path | None = None,
+    n_test: int | None = None,
+    on_message: Callable[[WorkerMessage], None] | None = None,
+    jobs_root: Path | None = None,
+) -> JobResult:
+    """Run ``job`` in a fresh sandbox from ``backend`` and return what happened."""
+    start = time.monotonic()
+    result = JobResult(job_id=job.job_id)
+    job_dir = make_job_dir(jobs_root)
+    try:
+        with Channel(job_dir, max_message_bytes=config.max_message_bytes) as channel:
+            sandbox = backend.create(job.job_id, job_dir, data_dir, config)
+            try:
+                sandbox.start()
+                _Session(sandbox, channel, config, result, start, n_test, on_message).run(job)
+            finally:
+                sandbox.close()
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        result.seconds = time.monotonic() - start
+    return result
+
+
+class _Session:
+    """The protocol conversation of one job (internal to ``run_job``)."""
+
+    def __init__(self, sandbox: Sandbox, channel: Channel, config: SandboxConfig, result: JobResult,
+                 start: float, n_test: int | None, on_message) -> None:
+        self.sandbox, self.channel, self.config, self.result = sandbox, channel, config, result
+        self.start, self.n_test, self.on_message = start, n_test, on_message
+        self.deadline = start + config.timeout_s
+        self.stage = Stage.STARTUP
+        self.count = 0
+
+    def run(self, job: Job) -> None:
+        """Drive the job to a terminal state; record a Failure for anything abnormal."""
+        try:
+            self._handshake()
+            self._send(job)
+            self._collect(job)
+        except _Expired:
+            self.sandbox.kill()
+            self._record_exit(self.sandbox.wait_exit(_EXIT_GRACE_S))
+            self._timeout_failure()
+        except _Ended as ended:
+            self._record_exit(ended.status)
+            self._exit_failure(ended.status)
+        except ProtocolViolation as exc:
+            self.sandbox.kill()
+            self._record_exit(self.sandbox.wait_exit(_EXIT_GRACE_S))
+            self._set_failure(FailureKind.PROTOCOL_VIOLATION, str(exc), Stage.PROTOCOL)
+        if self.result.failure is not None:
+            self.result.logs = self.sandbox.logs(40)
+
+    # --------------------------------------------------------------- phases
+
+    def _handshake(self) -> None:
+        until = min(self.deadline, self.start + self.config.startup_timeout_s)
+        try:
+            msg = self._next(until)
+        except _Expired:
+            if until >= self.deadline:
+                raise  # the job's own limit is shorter than start-up: a plain timeout
+            raise SandboxUnavailable(
+                f"the sandbox worker did not report Ready within {self.config.startup_timeout_s:g} s; "
+                f"the host may be overloaded or the image {self.config.image!r} broken "
+                f"(rebuild it with `researcher image build`).\n{self.sandbox.logs(20)}"
+            ) from None
+        except ProtocolViolation as exc:
+            raise SandboxUnavailable(
+                f"the sandbox image {self.config.image!r} speaks another protocol ({exc}); "
+                "rebuild it with `researcher image build`"
+            ) from exc
+        except _Ended as ended:
+            logs = self.sandbox.logs(20)
+            if ended.status.oom_killed:
+                raise
+            raise SandboxUnavailable(
+                f"the sandbox worker exited with code {ended.status.exit_code} before it was ready; "
+                f"is the image {self.config.image!r} sane? Rebuild it with `researcher image build`.\n{logs}"
+            ) from None
+        if not isinstance(msg, Ready):
+            raise ProtocolViolation(f"expected Ready first, got {type(msg).__name__}")
+        if msg.protocol != PROTOCOL_VERSION:
+            raise SandboxUnavailable(
+                f"the sandbox image {self.config.image!r} speaks protocol {msg.protocol}, this "
+                f"orchestrator speaks {PROTOCOL_VERSION}: rebuild it with `researcher image build`"
+            )
+        self.result.ready = msg
+        self.result.startup_seconds = time.monotonic() - self.start
+
+    def _send(self, job: Job) -> None:
+        if job.data is not None and self.sandbox.mounts.data_root is not None:
+            job = msgspec.structs.replace(job, data=msgspec.structs.replace(job.data, root=self.sandbox.mounts.data_root))
+        self.stage = Stage.IMPORT
+        self._sent_at = time.monotonic()
+        self.channel.send(job)
+
+    def _collect(self, job: Job) -> None:
+        first = True
+        while True:
+            msg = self._next(self.deadline)
+            if first:
+                self.result.handoff_seconds = time.monotonic() - self._sent_at
+                first = False
+            if self.on_message is not None and not isinstance(msg, (Done, Failure)):
+                self.on_message(msg)
+            if self._accept(msg, job):
+                break
+        status = self.sandbox.wait_exit(_EXIT_GRACE_S)
+        if status is None:
+            self.sandbox.kill()
+            status = self.sandbox.wait_exit(_EXIT_GRACE_S)
+        self._record_exit(status)
+        if status is not None and status.oom_killed:
+            self._set_failure(FailureKind.OUT_OF_MEMORY, f"killed at the memory cap ({self.config.memory})", self.stage, force=True)
+
+    def _accept(self, msg: WorkerMessage, job: Job) -> bool:
+        """Record one message; True when it ends the job."""
+        match msg:
+            case CheckReport() if self.result.check is None:
+                self.result.check = msg
+                self.stage = Stage.TRAIN
+            case Progress() if self.result.check is not None:
+                self.result.progress.append(msg)
+            case Predictions() if self.result.check is not None:
+                self._check_predictions(msg, job)
+                self.result.predictions.append(msg)
+            case Failure():
+                self.result.failure = msg
+                return True
+            case Done():
+                self._check_done(job)
+                return True
+            case _:
+                raise ProtocolViolation(f"unexpected {type(msg).__name__} message at stage {self.stage.value}")
+        return False
+
+    # --------------------------------------------------------------- checks
+
+    def _check_predictions(self, msg: Predictions, job: Job) -> None:
+        seeds = job.train.seeds if job.train is not None else ()
+        if msg.seed not in seeds or any(p.seed == msg.seed for p in self.result.predictions):
+            raise ProtocolViolation(f"predictions for unexpected or repeated seed {msg.seed}")
+        if msg.dtype not in ALLOWED_DTYPES:
+            raise ProtocolViolation(f"logits dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
+        if self.n_test is not None and tuple(msg.shape) != (self.n_test, job.num_classes):
+            raise ProtocolViolation(f"logits of shape {tuple(msg.shape)}, expected ({self.n_test}, {job.num_classes})")
+
+    def _check_done(self, job: Job) -> None:
+        if self.result.check is None:
+            raise ProtocolViolation("Done before any CheckReport")
+        if job.train is not None and len(self.result.predictions) != len(job.train.seeds):
+            raise ProtocolViolation(
+                f"Done after {len(self.result.predictions)} of {len(job.train.seeds)} seeds' predictions"
+            )
+
+    # --------------------------------------------------------------- transport
+
+    def _next(self, until: float) -> WorkerMessage:
+        """The next message before ``until``; raises _Expired or _Ended."""
+        while True:
+            now = time.monotonic()
+            if now >= until:
+                raise _Expired
+            msg = self.channel.recv(min(_POLL_S, until - now))
+            if msg is not None:
+                self.count += 1
+                if self.count > _MAX_MESSAGES:
+                    raise ProtocolViolation(f"more than {_MAX_MESSAGES} messages from one job")
+                return msg
+            status = self.sandbox.exit_status()
+            if status is not None:
+                msg = self.channel.recv(0.2)  # a last message may still be in flight
+                if msg is not None:
+                    return msg
+                raise _Ended(status)
+
+    # --------------------------------------------------------------- failures
+
+    def _record_exit(self, status: ExitStatus | None) -> None:
+        if status is not None:
+            self.result.exit = status
+
+    def _set_failure(self, kind: FailureKind, message: str, stage: Stage, *, force: bool = False) -> None:
+        if self.result.failure is None or force:
+            self.result.failure = Failure(stage=stage, kind=kind, message=message)
+
+    def _timeout_failure(self) -> None:
+        status = self.result.exit
+        if status is not None and status.oom_killed:
+            self._set_failure(FailureKind.OUT_OF_MEMORY, f"killed at the memory cap ({self.config.memory})", self.stage)
+            return
+        elapsed = time.monotonic() - self.start
+        where = "before the worker was ready" if self.stage is Stage.STARTUP else f"in stage {self.stage.value}"
+        self._set_failure(
+            FailureKind.TIMEOUT,
+            f"no result within the {self.config.timeout_s:g} s limit ({where}, {elapsed:.1f} s); the sandbox was killed",
+            self.stage,
+        )
+
+    def _exit_failure(self, status: ExitStatus) -> None:
+        code = status.exit_code
+        if status.oom_killed:
+            self._set_failure(FailureKind.OUT_OF_MEMORY, f"killed at the memory cap ({self.config.memory})", self.stage)
+        elif code in (-_SIGSEGV, 128 + _SIGSEGV):
+            self._set_failure(FailureKind.CRASHED, "the worker died of a segmentation fault (SIGSEGV)", self.stage)
+        elif code == 0:
+            self._set_failure(
+                FailureKind.PROTOCOL_VIOLATION,
+                "the worker exited without finishing the job (a message over the "
+                f"{self.config.max_message_bytes} byte limit is dropped, and so is a closed channel)",
+                self.stage,
+            )
+        else:
+            signal_note = f" (signal {code - 128})" if code > 128 else ""
+            detail = f": {status.error}" if status.error else ""
+            self._set_failure(FailureKind.CRASHED, f"the worker exited with code {code}{signal_note} mid-job{detail}", self.stage)

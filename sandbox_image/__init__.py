@@ -1,0 +1,1 @@
+"""The untrusted side: worker entry point, protocol messages, offline image builder."""

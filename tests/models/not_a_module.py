@@ -1,0 +1,3 @@
+class Net:
+    def __call__(self, x):
+        return x

@@ -1,0 +1,3 @@
+import torch
+class Net(torch.nn.Module:
+    pass
