@@ -55,8 +55,8 @@ class CheckOutcome:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``1,8,8`` (or ``1x8x8``) into a shape tuple of positive ints."""
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    """Parse ``1,8,8`` into a shape tuple of positive ints."""
+    parts = text.split(",")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
@@ -156,5 +156,9 @@ def print_outcome(outcome: CheckOutcome, *, as_json: bool, stream=None) -> None:
         if f.traceback:
             stream.write("  traceback (from the sandbox, trimmed):\n")
             stream.write("".join(f"    {line}\n" for line in f.traceback.rstrip().splitlines()[-12:]))
-    if "summary" in outcome.extra:
-        stream.write(outcome.extra["summary_text"])
+    if outcome.scores is not None:
+        from orchestrator.training import summary_text
+
+        stream.write(summary_text(outcome.scores, outcome.dynamics, result))
+    for path in outcome.extra.get("files", []):
+        stream.write(f"  wrote {path}\n")

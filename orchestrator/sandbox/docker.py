@@ -38,10 +38,13 @@ def owner_id() -> str:
 
 def connect(timeout: float = 30.0) -> docker.DockerClient:
     """A Docker client, or SandboxUnavailable saying how to get an engine."""
+    client = None
     try:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
     except docker.errors.DockerException as exc:
+        if client is not None:
+            client.close()
         raise SandboxUnavailable(
             "no Docker engine answers "
             f"({exc.__class__.__name__}: {str(exc)[:200]}). Start one (`sudo dockerd &` or "

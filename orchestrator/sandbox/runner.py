@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
 from orchestrator.sandbox.base import Backend, ExitStatus, Sandbox
@@ -54,17 +55,21 @@ class JobResult:
     check: CheckReport | None = None
     progress: list[Progress] = field(default_factory=list)
     predictions: list[Predictions] = field(default_factory=list)
+    logits: dict[int, np.ndarray] = field(default_factory=dict)  # validated, when n_test was given
     failure: Failure | None = None
     exit: ExitStatus | None = None
     logs: str = ""
     seconds: float = 0.0
     startup_seconds: float = 0.0
     handoff_seconds: float = 0.0  # Job sent -> first message back
+    stopped: bool = False  # the caller stopped it (e.g. pruning); no failure, no full result
 
     @property
     def status(self) -> str:
-        """``passed`` or ``failed``."""
-        return "failed" if self.failure is not None else "passed"
+        """``passed``, ``failed`` or ``stopped``."""
+        if self.failure is not None:
+            return "failed"
+        return "stopped" if self.stopped else "passed"
 
 
 class _Ended(Exception):
@@ -93,6 +98,110 @@ def make_job_dir(root: Path | None = None) -> Path:
     return path
 
 
+class Slot:
+    """A started sandbox whose worker said ``Ready``; it takes exactly one job, then goes.
+
+    ``run_job`` makes one per job (the cold path); a warm pool makes them ahead
+    of need so that a job only pays for the hand-off, never for start-up.
+    """
+
+    def __init__(self, backend: Backend, config: SandboxConfig, *, data_dir: Path | None = None,
+                 jobs_root: Path | None = None, slot_id: str | None = None) -> None:
+        self.id = slot_id or new_job_id()
+        self.config = config
+        self.ready: Ready | None = None
+        self.started_at = self.ready_at = 0.0
+        self.job_dir = make_job_dir(jobs_root)
+        try:
+            self.channel = Channel(self.job_dir, max_message_bytes=config.max_message_bytes)
+        except BaseException:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+            raise
+        self.sandbox = backend.create(self.id, self.job_dir, data_dir, config)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the sandbox; the worker connects and imports torch by itself."""
+        self.started_at = time.monotonic()
+        self.sandbox.start()
+
+    def wait_ready(self, timeout_s: float | None = None) -> Ready:
+        """Block until the worker says Ready; SandboxUnavailable when it cannot."""
+        until = time.monotonic() + (self.config.startup_timeout_s if timeout_s is None else timeout_s)
+        while self.ready is None:
+            if not self.poll_ready(min(_POLL_S, max(0.0, until - time.monotonic()))) and time.monotonic() >= until:
+                raise SandboxUnavailable(
+                    f"the sandbox worker did not report Ready within {self.config.startup_timeout_s:g} s; "
+                    f"the host may be overloaded or the image {self.config.image!r} broken "
+                    f"(rebuild it with `researcher image build`).\n{self.sandbox.logs(20)}"
+                )
+        return self.ready
+
+    def poll_ready(self, timeout_s: float = 0.0) -> bool:
+        """True once Ready has arrived (waits at most ``timeout_s``); raises if the worker died."""
+        if self.ready is not None:
+            return True
+        try:
+            msg = self.channel.recv(timeout_s)
+        except ProtocolViolation as exc:
+            raise SandboxUnavailable(
+                f"the sandbox image {self.config.image!r} speaks another protocol ({exc}); "
+                "rebuild it with `researcher image build`"
+            ) from exc
+        if msg is None:
+            status = self.sandbox.exit_status()
+            if status is not None and self.channel.recv(0.05) is None:
+                raise SandboxUnavailable(
+                    f"the sandbox worker exited with code {status.exit_code} before it was ready; is the "
+                    f"image {self.config.image!r} sane? Rebuild it with `researcher image build`.\n{self.sandbox.logs(20)}"
+                )
+            return False
+        if not isinstance(msg, Ready):
+            raise SandboxUnavailable(f"the sandbox worker sent {type(msg).__name__} before Ready; rebuild the image")
+        if msg.protocol != PROTOCOL_VERSION:
+            raise SandboxUnavailable(
+                f"the sandbox image {self.config.image!r} speaks protocol {msg.protocol}, this "
+                f"orchestrator speaks {PROTOCOL_VERSION}: rebuild it with `researcher image build`"
+            )
+        self.ready, self.ready_at = msg, time.monotonic()
+        return True
+
+    def alive(self) -> bool:
+        """True while the sandbox runs."""
+        return self.sandbox.exit_status() is None
+
+    def close(self) -> None:
+        """Remove the sandbox, the socket and the job directory (idempotent)."""
+        try:
+            self.sandbox.close()
+        finally:
+            self.channel.close()
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+
+
+def execute(slot: Slot, job: Job, *, n_test: int | None = None,
+            on_message: Callable[[WorkerMessage], bool | None] | None = None) -> JobResult:
+    """Send ``job`` to a ready slot and collect its result; the slot is spent afterwards.
+
+    ``on_message`` sees every CheckReport, Progress and Predictions; returning
+    True stops the job (the sandbox is killed and the result is ``stopped``).
+    """
+    if slot.ready is None:
+        raise ValueError("execute() needs a slot whose worker said Ready")
+    start = time.monotonic()
+    result = JobResult(job_id=job.job_id, ready=slot.ready, startup_seconds=slot.ready_at - slot.started_at)
+    try:
+        _Session(slot.sandbox, slot.channel, slot.config, result, start, n_test, on_message).run(job)
+    finally:
+        result.seconds = time.monotonic() - start
+    return result
+
+
 def run_job(
     backend: Backend,
     job: Job,
@@ -100,44 +209,43 @@ def run_job(
     *,
     data_dir: Path | None = None,
     n_test: int | None = None,
-    on_message: Callable[[WorkerMessage], None] | None = None,
+    on_message: Callable[[WorkerMessage], bool | None] | None = None,
     jobs_root: Path | None = None,
 ) -> JobResult:
-    """Run ``job`` in a fresh sandbox from ``backend`` and return what happened."""
+    """Run ``job`` in a fresh sandbox from ``backend`` (the cold path) and return what happened."""
     start = time.monotonic()
-    result = JobResult(job_id=job.job_id)
-    job_dir = make_job_dir(jobs_root)
-    try:
-        with Channel(job_dir, max_message_bytes=config.max_message_bytes) as channel:
-            sandbox = backend.create(job.job_id, job_dir, data_dir, config)
-            try:
-                sandbox.start()
-                _Session(sandbox, channel, config, result, start, n_test, on_message).run(job)
-            finally:
-                sandbox.close()
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
-        result.seconds = time.monotonic() - start
+    with Slot(backend, config, data_dir=data_dir, jobs_root=jobs_root, slot_id=job.job_id) as slot:
+        slot.start()
+        slot.wait_ready()
+        result = execute(slot, job, n_test=n_test, on_message=on_message)
+    result.seconds = time.monotonic() - start
     return result
 
 
+class _Stop(Exception):
+    """Internal: the caller asked to stop the job."""
+
+
 class _Session:
-    """The protocol conversation of one job (internal to ``run_job``)."""
+    """The protocol conversation of one job (internal to ``execute``)."""
 
     def __init__(self, sandbox: Sandbox, channel: Channel, config: SandboxConfig, result: JobResult,
                  start: float, n_test: int | None, on_message) -> None:
         self.sandbox, self.channel, self.config, self.result = sandbox, channel, config, result
         self.start, self.n_test, self.on_message = start, n_test, on_message
         self.deadline = start + config.timeout_s
-        self.stage = Stage.STARTUP
+        self.stage = Stage.IMPORT
         self.count = 0
 
     def run(self, job: Job) -> None:
         """Drive the job to a terminal state; record a Failure for anything abnormal."""
         try:
-            self._handshake()
             self._send(job)
             self._collect(job)
+        except _Stop:
+            self.sandbox.kill()
+            self._record_exit(self.sandbox.wait_exit(_EXIT_GRACE_S))
+            self.result.stopped = True
         except _Expired:
             self.sandbox.kill()
             self._record_exit(self.sandbox.wait_exit(_EXIT_GRACE_S))
@@ -152,47 +260,9 @@ class _Session:
         if self.result.failure is not None:
             self.result.logs = self.sandbox.logs(40)
 
-    # --------------------------------------------------------------- phases
-
-    def _handshake(self) -> None:
-        until = min(self.deadline, self.start + self.config.startup_timeout_s)
-        try:
-            msg = self._next(until)
-        except _Expired:
-            if until >= self.deadline:
-                raise  # the job's own limit is shorter than start-up: a plain timeout
-            raise SandboxUnavailable(
-                f"the sandbox worker did not report Ready within {self.config.startup_timeout_s:g} s; "
-                f"the host may be overloaded or the image {self.config.image!r} broken "
-                f"(rebuild it with `researcher image build`).\n{self.sandbox.logs(20)}"
-            ) from None
-        except ProtocolViolation as exc:
-            raise SandboxUnavailable(
-                f"the sandbox image {self.config.image!r} speaks another protocol ({exc}); "
-                "rebuild it with `researcher image build`"
-            ) from exc
-        except _Ended as ended:
-            logs = self.sandbox.logs(20)
-            if ended.status.oom_killed:
-                raise
-            raise SandboxUnavailable(
-                f"the sandbox worker exited with code {ended.status.exit_code} before it was ready; "
-                f"is the image {self.config.image!r} sane? Rebuild it with `researcher image build`.\n{logs}"
-            ) from None
-        if not isinstance(msg, Ready):
-            raise ProtocolViolation(f"expected Ready first, got {type(msg).__name__}")
-        if msg.protocol != PROTOCOL_VERSION:
-            raise SandboxUnavailable(
-                f"the sandbox image {self.config.image!r} speaks protocol {msg.protocol}, this "
-                f"orchestrator speaks {PROTOCOL_VERSION}: rebuild it with `researcher image build`"
-            )
-        self.result.ready = msg
-        self.result.startup_seconds = time.monotonic() - self.start
-
     def _send(self, job: Job) -> None:
         if job.data is not None and self.sandbox.mounts.data_root is not None:
             job = msgspec.structs.replace(job, data=msgspec.structs.replace(job.data, root=self.sandbox.mounts.data_root))
-        self.stage = Stage.IMPORT
         self._sent_at = time.monotonic()
         self.channel.send(job)
 
@@ -203,9 +273,10 @@ class _Session:
             if first:
                 self.result.handoff_seconds = time.monotonic() - self._sent_at
                 first = False
-            if self.on_message is not None and not isinstance(msg, (Done, Failure)):
-                self.on_message(msg)
-            if self._accept(msg, job):
+            done = self._accept(msg, job)
+            if self.on_message is not None and not done and self.on_message(msg):
+                raise _Stop
+            if done:
                 break
         status = self.sandbox.wait_exit(_EXIT_GRACE_S)
         if status is None:
@@ -244,8 +315,10 @@ class _Session:
             raise ProtocolViolation(f"predictions for unexpected or repeated seed {msg.seed}")
         if msg.dtype not in ALLOWED_DTYPES:
             raise ProtocolViolation(f"logits dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
-        if self.n_test is not None and tuple(msg.shape) != (self.n_test, job.num_classes):
-            raise ProtocolViolation(f"logits of shape {tuple(msg.shape)}, expected ({self.n_test}, {job.num_classes})")
+        if self.n_test is not None:
+            from evaluator.metrics import validate_logits  # heavy import, only when training
+
+            self.result.logits[msg.seed] = validate_logits(msg.logits, msg.dtype, msg.shape, self.n_test, job.num_classes)
 
     def _check_done(self, job: Job) -> None:
         if self.result.check is None:
@@ -292,10 +365,10 @@ class _Session:
             self._set_failure(FailureKind.OUT_OF_MEMORY, f"killed at the memory cap ({self.config.memory})", self.stage)
             return
         elapsed = time.monotonic() - self.start
-        where = "before the worker was ready" if self.stage is Stage.STARTUP else f"in stage {self.stage.value}"
+        where = f"in stage {self.stage.value}"
         self._set_failure(
             FailureKind.TIMEOUT,
-            f"no result within the {self.config.timeout_s:g} s limit ({where}, {elapsed:.1f} s); the sandbox was killed",
+            f"no result within the {self.config.timeout_s:g} s limit ({where}, {elapsed:.1f} s after the job was sent); the sandbox was killed",
             self.stage,
         )
 

@@ -77,7 +77,7 @@ def test_a_hang_at_import_is_killed_at_the_timeout():
     elapsed = time.monotonic() - start
     assert result.failure.kind is FailureKind.TIMEOUT
     assert "6 s limit" in result.failure.message
-    assert elapsed < 6 + 3
+    assert elapsed - result.startup_seconds < 6 + 3  # the limit runs from the job's hand-off
 
 
 def test_os_exit_mid_forward_is_a_crash_with_its_code():

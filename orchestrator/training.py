@@ -1,0 +1,182 @@
+"""`researcher check --train`: prepare data on the host, train in the sandbox, score here.
+
+The host loads and splits the dataset once, writes train/val (with labels)
+and test *inputs* as read-only ``.npy`` files, and keeps the test labels in
+memory. The sandbox returns test logits per seed; every headline metric is
+computed here from those logits with torchmetrics.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.exceptions import UsageError
+from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.runner import JobResult, run_job
+from sandbox_image.protocol import Job, Progress
+
+#: Metrics shown in the text summary, in this order.
+SUMMARY_METRICS = ("accuracy", "top3_accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "precision_macro",
+                   "recall_macro", "auroc_macro", "average_precision_macro", "calibration_error", "nll")
+
+
+def load_prepared(dataset: str | None, data_dir: str | None, *, seed: int = 0):
+    """Load and split a dataset on the trusted side (test labels stay here)."""
+    from evaluator.datasets import load_dataset
+    from evaluator.prepare import prepare
+
+    return prepare(load_dataset(dataset or "digits", data_dir), seed=seed)
+
+
+def run_training_check(request, source: str, job_id: str, backend_factory, config: SandboxConfig, *, progress=None):
+    """Train ``source`` on the dataset in a sandbox and score its test logits."""
+    from orchestrator.check import CheckOutcome
+
+    prepared = load_prepared(request.dataset, request.data_dir)
+    facts = prepared.facts()
+    _check_shape_flags(request, facts)
+    scratch = Path(tempfile.mkdtemp(prefix="researcher-data-"))
+    try:
+        spec = prepared.write_sandbox_dir(scratch / "data")
+        job = Job(
+            job_id=job_id, source=source, class_name=request.class_name, input_shape=facts.input_shape,
+            num_classes=facts.num_classes, device=config.device, threads=config.threads,
+            train=request.train, data=spec,
+        )
+        backend = backend_factory()
+        try:
+            with TrainingProgress(request.train.epochs, len(request.train.seeds), enabled=progress) as bar:
+                result = run_job(backend, job, config, data_dir=scratch / "data", n_test=facts.n_test, on_message=bar.update)
+        finally:
+            backend.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    outcome = CheckOutcome(request, result)
+    if result.failure is None:
+        outcome.scores, outcome.dynamics = score_result(result, prepared)
+        outcome.extra.update(training_json(outcome.scores, outcome.dynamics, facts))
+        if request.out is not None:
+            outcome.extra["files"] = write_outputs(request.out, outcome, result)
+    outcome.extra["dataset"] = {"name": facts.name, "n_train": facts.n_train, "n_val": facts.n_val,
+                                "n_test": facts.n_test, "content_hash": facts.content_hash}
+    return outcome
+
+
+def _check_shape_flags(request, facts) -> None:
+    if request.input_shape is not None and tuple(request.input_shape) != tuple(facts.input_shape):
+        raise UsageError(f"--input-shape {request.input_shape} does not match dataset {facts.name!r}, "
+                         f"whose inputs are {facts.input_shape}; drop the flag")
+    if request.num_classes is not None and request.num_classes != facts.num_classes:
+        raise UsageError(f"--num-classes {request.num_classes} does not match dataset {facts.name!r}, "
+                         f"which has {facts.num_classes} classes; drop the flag")
+
+
+def score_result(result: JobResult, prepared) -> tuple[Any, Any]:
+    """Scores over seeds and learning dynamics of a finished training job."""
+    from evaluator.dynamics import analyse
+    from evaluator.metrics import score_seeds
+
+    scores = score_seeds(result.logits, prepared.test_y, prepared.raw.class_names)
+    curves = {p.seed: list(p.curves) for p in result.predictions}
+    return scores, analyse(curves)
+
+
+def training_json(scores, dynamics, facts) -> dict:
+    """The `--json` training keys: metrics, confusion_matrix, per_class, dynamics."""
+    metrics = {
+        name: {"mean": m.mean, "std": m.std, "ci95": [m.ci95_low, m.ci95_high],
+               "per_seed": {str(k): v for k, v in m.per_seed.items()}, "higher_is_better": m.higher_is_better}
+        for name, m in scores.metrics.items()
+    }
+    return {
+        "metrics": metrics,
+        "confusion_matrix": [list(row) for row in scores.confusion],
+        "class_names": list(scores.class_names),
+        "per_class": [{"class": r.name, "support": r.support, "precision": r.precision, "recall": r.recall, "f1": r.f1}
+                      for r in scores.per_class],
+        "dynamics": msgspec.to_builtins(dynamics),
+        "seeds": list(scores.seeds),
+    }
+
+
+def summary_text(scores, dynamics, result: JobResult) -> str:
+    """A readable table of metric, mean and 95% CI, plus the dynamics insights."""
+    seeds = len(scores.seeds)
+    lines = [f"\n  test metrics over {seeds} seed{'s' if seeds > 1 else ''} (n_test={scores.n_test}, scored on the host):",
+             f"  {'metric':<24} {'mean':>8}   {'95% CI':<19} {'std':>7}"]
+    for name in SUMMARY_METRICS:
+        m = scores.metrics.get(name)
+        if m is None:
+            continue
+        ci = f"[{m.ci95_low:.4f}, {m.ci95_high:.4f}]" if m.ci95_low is not None else "(one seed)"
+        lines.append(f"  {name:<24} {m.mean:>8.4f}   {ci:<19} {m.std:>7.4f}")
+    worst = sorted(scores.per_class, key=lambda r: r.f1)[:3]
+    lines.append("  weakest classes (F1): " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst))
+    for insight in dynamics.insights:
+        lines.append(f"  - {insight}")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, outcome, result: JobResult) -> list[str]:
+    """Write result.json, the confusion matrix and learning curves into ``out``."""
+    from orchestrator.check import outcome_json
+    from evaluator.plots import plot_confusion, plot_learning_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    scores = outcome.scores
+    files = [
+        plot_confusion(scores.confusion, scores.class_names, out / "confusion_matrix.png",
+                       title=f"Confusion matrix (test set, summed over {len(scores.seeds)} seed(s))"),
+        plot_learning_curves({p.seed: list(p.curves) for p in result.predictions}, out / "learning_curves.png"),
+    ]
+    names = [str(f) for f in files] + [str(out / "result.json")]
+    data = outcome_json(outcome)
+    data["files"] = names
+    (out / "result.json").write_text(json.dumps(data, indent=2))
+    return names
+
+
+class TrainingProgress:
+    """A rich progress bar over seeds and epochs, fed by Progress messages."""
+
+    def __init__(self, epochs: int, seeds: int, *, enabled: bool | None = None) -> None:
+        self.epochs, self.seeds, self.enabled = epochs, seeds, enabled
+        self._progress = None
+
+    def __enter__(self) -> TrainingProgress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        if self.enabled is False or (self.enabled is None and not console.is_terminal):
+            return self
+        self._progress = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task("starting sandbox", total=self.epochs * self.seeds, detail="")
+        return self
+
+    def update(self, msg) -> None:
+        """Advance on each epoch; show the latest losses and accuracies."""
+        if not isinstance(msg, Progress):
+            if self._progress is not None:
+                self._progress.update(self._task, description="training")
+            return
+        s = msg.stats
+        detail = f"seed {msg.seed} epoch {s.epoch}: loss {s.train_loss:.3f}/{s.val_loss:.3f} acc {s.train_acc:.3f}/{s.val_acc:.3f}"
+        if self._progress is None:
+            import sys
+
+            print(detail, file=sys.stderr, flush=True)
+            return
+        self._progress.update(self._task, advance=1, description="training", detail=detail)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,67 @@
+"""The hardening of every job container, checked on the arguments we hand Docker."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.exceptions import UsageError
+from orchestrator.sandbox.config import SandboxConfig, validate
+from orchestrator.sandbox.docker import LABEL_OWNER, LABEL_ROLE, container_kwargs, owner_id
+
+
+def _kwargs(**config):
+    return container_kwargs("abc123", Path("/tmp/job"), Path("/tmp/data"), SandboxConfig(**config))
+
+
+def test_every_hardening_setting_is_on_by_default():
+    kw = _kwargs()
+    assert kw["network_mode"] == "none"
+    assert kw["read_only"] is True
+    assert kw["cap_drop"] == ["ALL"]
+    assert kw["security_opt"] == ["no-new-privileges:true"]
+    assert kw["user"] == "65534:65534"
+    assert kw["init"] is True
+    assert kw["pids_limit"] == 256
+    assert kw["mem_limit"] == kw["memswap_limit"] == "2g"
+    assert kw["nano_cpus"] == 1_000_000_000
+    assert "size=256m" in kw["tmpfs"]["/tmp"] and "noexec" in kw["tmpfs"]["/tmp"]
+    assert {u["Name"]: u["Hard"] for u in kw["ulimits"]} == {"nofile": 1024, "core": 0}
+    assert kw["log_config"]["Config"] == {"max-size": "1m", "max-file": "1"}
+    assert "runtime" not in kw and "device_requests" not in kw
+
+
+def test_only_the_job_socket_and_data_are_mounted_read_only_and_no_docker_socket():
+    kw = _kwargs()
+    assert kw["volumes"] == {"/tmp/job": {"bind": "/job", "mode": "ro"}, "/tmp/data": {"bind": "/data", "mode": "ro"}}
+    assert not any("docker.sock" in path for path in kw["volumes"])
+
+
+def test_environment_is_ours_alone_and_threads_follow_the_cpu_cap(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
+    kw = _kwargs(cpus=2.5)
+    assert kw["environment"]["OMP_NUM_THREADS"] == "2"
+    assert set(kw["environment"]) == {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED"}
+    assert "sk-must-not-leak" not in repr(kw)
+
+
+def test_labels_identify_role_job_and_owner():
+    kw = _kwargs()
+    assert kw["labels"][LABEL_ROLE] == "sandbox"
+    assert kw["labels"][LABEL_OWNER] == owner_id()
+    assert kw["name"] == "researcher-abc123"
+
+
+def test_gvisor_and_gpu_options():
+    assert _kwargs(runtime="runsc")["runtime"] == "runsc"
+    request = _kwargs(device="cuda")["device_requests"][0]
+    assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
+    pinned = _kwargs(device="cuda", gpu="1")["device_requests"][0]
+    assert pinned["DeviceIDs"] == ["1"]
+
+
+def test_bad_limits_are_reported_together():
+    with pytest.raises(UsageError) as err:
+        validate(SandboxConfig(memory="lots", cpus=0, runtime="kata", timeout_s=-1))
+    text = str(err.value)
+    for word in ("--memory", "--cpus", "--runtime", "--timeout"):
+        assert word in text
