@@ -1,0 +1,364 @@
+"""Typed vocabulary shared by every planner, the assembler and the research loop.
+
+A planner proposes a :class:`Proposal` (a layer config or free source, plus how to
+train it); the loop evaluates it and reports an :class:`Outcome`. Layer configs
+are frozen, tagged msgspec Structs so that an LLM can emit them as JSON (see
+:func:`model_config_json_schema`) and the host can validate them strictly
+(see :func:`parse_model_config`): unknown keys, wrong types and out-of-range
+values are all rejected with the JSON path of the offending field.
+
+Exceptions::
+
+    ResearcherError
+    └── InvalidConfig(ValueError)     a layer config or train spec is out of bounds,
+                                      or does not fit the input shape
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+from msgspec import Meta
+
+from orchestrator.exceptions import ResearcherError
+from sandbox_image.protocol import FailureKind, TrainSpec
+
+
+class InvalidConfig(ResearcherError, ValueError):
+    """A proposed config or train spec is malformed, out of bounds or does not fit."""
+
+
+# ----------------------------------------------------------------- bounded values
+
+Channels = Annotated[int, Meta(ge=1, le=1024, description="output channels, 1..1024")]
+Features = Annotated[int, Meta(ge=1, le=8192, description="output features, 1..8192")]
+Kernel = Annotated[int, Meta(ge=1, le=11, description="kernel size, 1..11")]
+Stride = Annotated[int, Meta(ge=1, le=4, description="stride, 1..4")]
+Padding = Annotated[int, Meta(ge=0, le=5, description="zero padding, 0..5")]
+PoolKernel = Annotated[int, Meta(ge=1, le=8, description="pooling window, 1..8")]
+Probability = Annotated[float, Meta(ge=0.0, le=0.9, description="drop probability, 0..0.9")]
+Blocks = Annotated[int, Meta(ge=1, le=8, description="residual blocks in this stage, 1..8")]
+
+MAX_LAYERS = 64
+
+
+class _Layer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+             tag_field="type"):
+    """Base of every layer spec; the JSON key ``type`` names the layer."""
+
+
+class Conv2d(_Layer, tag="conv2d"):
+    """2-D convolution; ``padding`` None means ``kernel_size // 2`` ("same" for odd kernels)."""
+
+    out_channels: Channels
+    kernel_size: Kernel = 3
+    stride: Stride = 1
+    padding: Padding | None = None
+
+
+class BatchNorm(_Layer, tag="batchnorm"):
+    """Batch normalisation: 2-D on (C, H, W) activations, 1-D on flat features."""
+
+
+class ReLU(_Layer, tag="relu"):
+    """Rectified linear unit."""
+
+
+class GELU(_Layer, tag="gelu"):
+    """Gaussian error linear unit."""
+
+
+class MaxPool(_Layer, tag="maxpool"):
+    """2-D max pooling; ``stride`` None means ``kernel``."""
+
+    kernel: PoolKernel = 2
+    stride: Stride | None = None
+
+
+class AvgPool(_Layer, tag="avgpool"):
+    """2-D average pooling; ``stride`` None means ``kernel``."""
+
+    kernel: PoolKernel = 2
+    stride: Stride | None = None
+
+
+class Dropout(_Layer, tag="dropout"):
+    """Dropout with probability ``p``."""
+
+    p: Probability = 0.1
+
+
+class Flatten(_Layer, tag="flatten"):
+    """Flatten (C, H, W) to C*H*W features."""
+
+
+class GlobalAvgPool(_Layer, tag="globalavgpool"):
+    """Average over H and W: (C, H, W) -> (C,)."""
+
+
+class Linear(_Layer, tag="linear"):
+    """Fully connected layer (flattens spatial input first)."""
+
+    out_features: Features
+
+
+class Residual(_Layer, tag="residual"):
+    """A stage of ResNet basic blocks (conv-bn-relu-conv-bn + shortcut, relu).
+
+    The first block maps to ``channels`` with ``stride``; the rest keep the shape.
+    ``kernel_size`` must be odd so that the shortcut and the body agree in size.
+    """
+
+    channels: Channels
+    blocks: Blocks = 1
+    kernel_size: Kernel = 3
+    stride: Stride = 1
+
+
+Layer = (Conv2d | BatchNorm | ReLU | GELU | MaxPool | AvgPool | Dropout | Flatten
+         | GlobalAvgPool | Linear | Residual)
+
+#: Layers that need a (C, H, W) input.
+SPATIAL_LAYERS = (Conv2d, MaxPool, AvgPool, GlobalAvgPool, Residual)
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A feed-forward stack of layers; the assembler appends the classifier Linear."""
+
+    layers: Annotated[tuple[Layer, ...], Meta(max_length=MAX_LAYERS)]
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")] = (
+        "model")
+
+
+def model_config_json_schema() -> dict[str, Any]:
+    """JSON schema of :class:`ModelConfig`, for LLM structured output."""
+    return msgspec.json.schema(ModelConfig)
+
+
+def _semantic_errors(config: ModelConfig) -> list[str]:
+    """Checks a schema cannot express (e.g. odd residual kernels)."""
+    errors = []
+    for i, layer in enumerate(config.layers):
+        if isinstance(layer, Residual) and layer.kernel_size % 2 == 0:
+            errors.append(f"layers[{i}] residual kernel_size {layer.kernel_size} must be odd "
+                          "(1, 3, 5, 7, 9 or 11) so the shortcut matches the block's output")
+        if isinstance(layer, Conv2d) and layer.padding is not None \
+                and layer.padding > layer.kernel_size // 2:
+            errors.append(f"layers[{i}] conv2d padding {layer.padding} exceeds kernel_size // 2 "
+                          f"= {layer.kernel_size // 2}; use a smaller padding or leave it out")
+    return errors
+
+
+def parse_model_config(data: bytes | str | Mapping[str, Any] | ModelConfig) -> ModelConfig:
+    """Decode, validate and bound a layer config from JSON or a dict; raise InvalidConfig."""
+    try:
+        if isinstance(data, (bytes, str)):
+            config = msgspec.json.decode(data, type=ModelConfig)
+        else:
+            builtins = msgspec.to_builtins(data) if isinstance(data, ModelConfig) else data
+            config = msgspec.convert(builtins, ModelConfig)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidConfig(f"invalid model config: {exc}. Expected JSON matching "
+                            "model_config_json_schema(), e.g. {\"layers\": [{\"type\": "
+                            "\"conv2d\", \"out_channels\": 32}, {\"type\": \"relu\"}]}") from exc
+    errors = _semantic_errors(config)
+    if errors:
+        raise InvalidConfig("invalid model config: " + "; ".join(errors))
+    return config
+
+
+# ----------------------------------------------------------------- train settings
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+class _BoundedTrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The fields of TrainSpec with the bounds a sane run needs (mirror, not a message)."""
+
+    epochs: Annotated[int, Meta(ge=1, le=500)] = 10
+    batch_size: Annotated[int, Meta(ge=1, le=4096)] = 64
+    lr: Annotated[float, Meta(ge=1e-6, le=1.0)] = 1e-3
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    momentum: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.9
+    patience: Annotated[int, Meta(ge=0, le=500)] = 5
+    seeds: Annotated[tuple[Annotated[int, Meta(ge=0)], ...], Meta(min_length=1, max_length=16)] = (
+        (0,))
+    time_budget_s: Annotated[float, Meta(ge=0.0)] = 0.0
+    amp: bool = True
+
+
+def train_spec_json_schema() -> dict[str, Any]:
+    """JSON schema of the bounded train settings, for LLM structured output."""
+    return msgspec.json.schema(_BoundedTrainSpec)
+
+
+def parse_train_spec(data: bytes | str | Mapping[str, Any] | TrainSpec) -> TrainSpec:
+    """Decode and bound a TrainSpec (lr 10 or batch 0 are rejected); raise InvalidConfig."""
+    try:
+        if isinstance(data, (bytes, str)):
+            bounded = msgspec.json.decode(data, type=_BoundedTrainSpec)
+        else:
+            builtins = msgspec.to_builtins(data) if isinstance(data, TrainSpec) else data
+            bounded = msgspec.convert(builtins, _BoundedTrainSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidConfig(f"invalid train settings: {exc}. Bounds: epochs 1..500, "
+                            "batch_size 1..4096, lr 1e-6..1, optimizer adamw|adam|sgd, "
+                            "weight_decay 0..1, momentum 0..<1") from exc
+    if not all(math.isfinite(v) for v in (bounded.lr, bounded.weight_decay, bounded.momentum,
+                                          bounded.time_budget_s)):
+        raise InvalidConfig("invalid train settings: values must be finite numbers")
+    return msgspec.convert(msgspec.to_builtins(bounded), TrainSpec)
+
+
+# ----------------------------------------------------------------- planner I/O
+
+ParamValue = int | float | str | bool
+
+
+class Proposal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a planner wants evaluated next: a layer config XOR free source, and training.
+
+    ``ref`` is the planner's own key for this proposal and ``params`` the search
+    point behind it; the loop stores both and hands them back inside ``Outcome``
+    so a planner can match results that arrive out of order, or after a resume.
+    """
+
+    config: ModelConfig | None = None
+    source: str | None = None
+    class_name: str = "Net"
+    train: TrainSpec = TrainSpec()
+    rationale: str = ""
+    parent: str | None = None  # candidate id this proposal repairs or refines
+    ref: str = ""
+    params: dict[str, ParamValue] = {}
+
+    def __post_init__(self) -> None:
+        if (self.config is None) == (self.source is None):
+            raise InvalidConfig("a Proposal needs exactly one of config or source")
+        if not self.class_name.isidentifier():
+            raise InvalidConfig(f"class_name {self.class_name!r} is not a Python identifier")
+
+
+Status = Literal["passed", "failed"]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What happened to one evaluated proposal, as the loop tells the planner."""
+
+    candidate_id: str
+    proposal: Proposal
+    status: Status
+    metric: str | None = None  # name of the headline metric, e.g. "accuracy"
+    mean: float | None = None  # mean over seeds on the test split
+    ci95: tuple[float, float] | None = None  # Student-t 95% interval over seeds
+    failure_kind: FailureKind | None = None
+    failure_message: str | None = None
+    val_curve: tuple[float, ...] = ()  # per-epoch val accuracy (mean over seeds); diagnostic
+    params: int | None = None  # parameter count from the check report
+    seconds: float = 0.0
+    pruned: bool = False  # training was stopped because the planner's report_epoch said so
+
+
+class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a planner may know about the data (never the test labels)."""
+
+    name: str
+    input_shape: tuple[int, ...]  # one example: (C, H, W) for images, (F,) for tables
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+
+    @property
+    def is_image(self) -> bool:
+        """True for (C, H, W) inputs."""
+        return len(self.input_shape) == 3
+
+    @property
+    def is_tabular(self) -> bool:
+        """True for flat (F,) inputs."""
+        return len(self.input_shape) == 1
+
+
+Direction = Literal["maximize", "minimize"]
+
+#: Metrics the loop can score, with their natural direction.
+METRIC_DIRECTIONS: dict[str, Direction] = {
+    "accuracy": "maximize",
+    "balanced_accuracy": "maximize",
+    "f1_macro": "maximize",
+    "f1_weighted": "maximize",
+    "precision_macro": "maximize",
+    "recall_macro": "maximize",
+    "auroc": "maximize",
+    "average_precision": "maximize",
+    "calibration_error": "minimize",
+}
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A goal on one metric: stop once ``metric`` reaches ``threshold`` (aideml-style)."""
+
+    metric: str = "accuracy"
+    threshold: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None  # None = no stop value
+    direction: Direction = "maximize"
+
+    def better(self, a: float | None, b: float | None) -> bool:
+        """True when value ``a`` is strictly better than ``b``; None is the worst value."""
+        if a is None:
+            return False
+        if b is None:
+            return True
+        return a > b if self.direction == "maximize" else a < b
+
+    def reached(self, value: float | None) -> bool:
+        """True when ``value`` meets the threshold (never for None or no threshold)."""
+        if value is None or self.threshold is None:
+            return False
+        return value >= self.threshold if self.direction == "maximize" else value <= self.threshold
+
+    @property
+    def worst(self) -> float:
+        """Stand-in value for a failed candidate, worse than any real one."""
+        return -math.inf if self.direction == "maximize" else math.inf
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """Proposes candidates and learns from their outcomes.
+
+    Outcomes may arrive out of order (candidates are evaluated in parallel), and
+    ``history`` holds every outcome recorded so far, including those of a
+    previous, interrupted run.
+    """
+
+    def propose(self, history: Sequence[Outcome]) -> Proposal | None:
+        """Next proposal, or None to stop."""
+        ...
+
+    def observe(self, outcome: Outcome) -> None:
+        """Learn from one finished candidate."""
+        ...
+
+
+@runtime_checkable
+class PruningPlanner(Planner, Protocol):
+    """A planner that can stop unpromising candidates between epochs."""
+
+    def report_epoch(self, candidate_id: str, epoch: int, value: float, *,
+                     proposal: Proposal) -> bool:
+        """Record val accuracy after ``epoch``; True means stop training this candidate."""
+        ...
+
+
+def should_prune(planner: Planner, candidate_id: str, epoch: int, value: float, *,
+                 proposal: Proposal) -> bool:
+    """Ask ``planner`` whether to prune, where it supports pruning; False otherwise."""
+    if isinstance(planner, PruningPlanner):
+        return planner.report_epoch(candidate_id, epoch, value, proposal=proposal)
+    return False
