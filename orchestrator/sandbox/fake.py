@@ -88,7 +88,6 @@ class SubprocessSandbox:
         if self._proc is not None:
             self.kill()
             self._proc.wait()
-            self._proc = None
 
 
 class SubprocessBackend:

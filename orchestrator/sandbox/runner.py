@@ -278,7 +278,9 @@ class _Session:
                 raise _Stop
             if done:
                 break
-        status = self.sandbox.wait_exit(_EXIT_GRACE_S)
+        # After Done nothing more is needed from the worker; after a Failure, give the
+        # kernel a moment to report an OOM kill that may be its real cause.
+        status = self.sandbox.wait_exit(_EXIT_GRACE_S if self.result.failure is not None else 0.5)
         if status is None:
             self.sandbox.kill()
             status = self.sandbox.wait_exit(_EXIT_GRACE_S)

@@ -1,0 +1,76 @@
+"""The warm pool: ready ahead of need, one job per slot, replaced, drained."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.exceptions import SandboxUnavailable
+from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.pool import WarmPool
+from orchestrator.sandbox.runner import execute, new_job_id
+from sandbox_image.protocol import Job
+
+SOURCE = (Path(__file__).resolve().parents[1] / "models" / "good_mlp.py").read_text()
+
+
+def _job() -> Job:
+    return Job(job_id=new_job_id(), source=SOURCE, class_name="Net", input_shape=(1, 8, 8), num_classes=10)
+
+
+class CountingBackend(SubprocessBackend):
+    def __init__(self):
+        self.created = []
+
+    def create(self, *args):
+        sandbox = super().create(*args)
+        self.created.append(sandbox)
+        return sandbox
+
+
+def test_slots_are_ready_before_they_are_asked_for_and_never_reused():
+    backend = CountingBackend()
+    with WarmPool(backend, SandboxConfig(timeout_s=30), size=1) as pool:
+        first = pool.acquire(timeout_s=60)
+        with first:
+            result = execute(first, _job())
+        assert result.status == "passed"
+        second = pool.acquire(timeout_s=60)
+        assert second is not first and second.ready is not None
+        start = time.monotonic()
+        with second:
+            result = execute(second, _job())
+        assert result.status == "passed"
+        assert result.handoff_seconds < 2.0  # no start-up in the job's path
+        assert time.monotonic() - start < 10
+    assert all(s.exit_status() is not None for s in backend.created)  # drained: nothing left running
+
+
+def test_a_slot_that_dies_while_idle_is_replaced():
+    backend = CountingBackend()
+    with WarmPool(backend, SandboxConfig(timeout_s=30), size=1) as pool:
+        deadline = time.monotonic() + 60
+        while pool.stats["ready"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        backend.created[0].kill()
+        backend.created[0].wait_exit(5)
+        slot = pool.acquire(timeout_s=60)
+        assert slot.sandbox is not backend.created[0]
+        with slot:
+            assert execute(slot, _job()).status == "passed"
+        assert len(backend.created) >= 2
+
+
+def test_repeated_start_failures_reach_the_caller():
+    class Broken(SubprocessBackend):
+        def create(self, *args):
+            sandbox = super().create(*args)
+            sandbox.mounts = type(sandbox.mounts)(socket_path="/nonexistent/worker.sock", data_root=None)
+            sandbox.start = lambda: None  # nothing ever starts
+            sandbox.exit_status = lambda: __import__("orchestrator.sandbox.base", fromlist=["ExitStatus"]).ExitStatus(exit_code=1)
+            return sandbox
+
+    with WarmPool(Broken(), SandboxConfig(timeout_s=30), size=1) as pool:
+        with pytest.raises(SandboxUnavailable, match="exited with code 1 before it was ready"):
+            pool.acquire(timeout_s=30)
