@@ -8,6 +8,7 @@ engine, no image, stale image, no GPU runtime), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, default=None, metavar="S",
                        help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for a check, 600 with --train)")
     group.add_argument("--memory", default="2g", help="memory cap of the container, swap included (default: 2g)")
-    group.add_argument("--cpus", type=float, default=1.0, help="CPU cap of the container; torch threads follow it (default: 1)")
+    group.add_argument("--cpus", type=float, default=None,
+                       help="CPU cap of each container; torch threads follow it (default: all cores, shared between --parallel sandboxes)")
     group.add_argument("--pids", type=int, default=256, help="process/thread cap of the container (default: 256)")
     group.add_argument("--runtime", choices=RUNTIMES, default="runc", help="container runtime: runc or runsc (gVisor) (default: runc)")
     group.add_argument("--device", choices=DEVICES, default="cpu", help="train on cpu or cuda (one GPU per sandbox) (default: cpu)")
@@ -41,9 +43,11 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
 
 def sandbox_config(args: argparse.Namespace, *, default_timeout: float) -> SandboxConfig:
     """A validated SandboxConfig from the sandbox flags."""
+    cores = float(os.cpu_count() or 1)
     return validate(SandboxConfig(
-        image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids, runtime=args.runtime,
-        device=args.device, timeout_s=args.timeout if args.timeout is not None else default_timeout,
+        image=args.image, memory=args.memory, cpus=args.cpus if args.cpus is not None else cores, pids=args.pids,
+        runtime=args.runtime, device=args.device,
+        timeout_s=args.timeout if args.timeout is not None else default_timeout,
     ))
 
 
@@ -113,6 +117,132 @@ def cmd_check(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+# ----------------------------------------------------------------------- run / resume
+
+
+def add_run_parser(sub) -> None:
+    """`researcher run --goal TEXT ...`."""
+    from orchestrator.research import DEFAULT_GOAL, DEFAULT_RUNS_DIR
+
+    p = sub.add_parser("run", help="research toward a goal: propose, sandbox, score, repeat",
+                       description="Propose model designs toward a goal, evaluate each in a fresh hardened sandbox, "
+                                   "score on the trusted side, and stop at the target or the budget. Without "
+                                   "--llm-base-url the built-in offline planner (Optuna TPE) searches.")
+    p.add_argument("--goal", default=DEFAULT_GOAL, help=f"what to build, e.g. 'F1 above 0.9' (default: {DEFAULT_GOAL!r})")
+    p.add_argument("--target", help="stop when the best mean test METRIC reaches VALUE, e.g. accuracy=0.98 (overrides the goal's)")
+    p.add_argument("--name", help="run directory name (default: run_<UTC timestamp>)")
+    p.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR), help=f"where run directories go (default: ./{DEFAULT_RUNS_DIR})")
+    p.add_argument("--keep", action="store_true", help="keep the run's scratch files (the arrays given to sandboxes)")
+    p.add_argument("--dataset", default="digits", help="built-in dataset or --data-dir format (default: digits)")
+    p.add_argument("--data-dir", help="directory with your data (CIFAR-10/100, MNIST, FashionMNIST, ImageFolder, CSV, NPZ)")
+    p.add_argument("--max-candidates", type=int, default=10, help="candidate budget (default: 10)")
+    p.add_argument("--time-budget", type=float, default=1800.0, help="wall-clock budget in seconds; no candidate starts after it (default: 1800)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per candidate, for mean and 95%% CI (default: 3)")
+    p.add_argument("--parallel", type=int, default=1, help="candidates evaluated at once (default: 1)")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the planner's search and of the data split (default: 0)")
+    llm = p.add_argument_group("LLM planner (any OpenAI-compatible /v1/chat/completions)")
+    llm.add_argument("--llm-base-url", help="e.g. http://127.0.0.1:11434/v1 (Ollama), http://host:8000/v1 (vLLM), https://api.openai.com/v1")
+    llm.add_argument("--llm-model", help="model name the server knows")
+    llm.add_argument("--llm-api-key", help="API key (default: $OPENAI_API_KEY or $LLM_API_KEY; never stored)")
+    llm.add_argument("--llm-mode", choices=("config", "source"), default="config",
+                     help="config: the LLM picks a layer config the assembler renders; source: it writes the nn.Module itself")
+    llm.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per LLM request (default: 120)")
+    add_sandbox_flags(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _api_key(args) -> str | None:
+    return getattr(args, "llm_api_key", None) or os.environ.get("OPENAI_API_KEY") or os.environ.get("LLM_API_KEY")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run `researcher run`."""
+    from orchestrator.planning.goal import parse_goal, parse_target_flag
+    from orchestrator.planning.types import Target
+    from orchestrator.research import Secrets, sandbox_for_run, settings_from_args, start_run
+
+    target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
+    settings = settings_from_args(args, target)
+    config = sandbox_config(args, default_timeout=900.0)
+    config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
+    settings = _with_sandbox_extra(settings, config)
+    return start_run(settings, root=args.runs_dir, config=config, secrets=Secrets(_api_key(args)),
+                     backend_factory=docker_backend_factory(config.image))
+
+
+def _with_sandbox_extra(settings, config: SandboxConfig):
+    import msgspec
+
+    extra = dict(settings.extra, memory=config.memory, cpus=config.cpus, pids=config.pids,
+                 timeout_s=config.timeout_s, image=config.image, container_runtime=config.runtime)
+    return msgspec.structs.replace(settings, extra=extra)
+
+
+def add_resume_parser(sub) -> None:
+    """`researcher resume RUN_DIR`."""
+    p = sub.add_parser("resume", help="continue an interrupted run where it stopped")
+    p.add_argument("run_dir", type=Path, help="a run directory made by `researcher run`")
+    p.add_argument("--llm-api-key", help="API key for an LLM run (default: $OPENAI_API_KEY or $LLM_API_KEY)")
+    p.set_defaults(func=cmd_resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Run `researcher resume`."""
+    from orchestrator.registry import Registry
+    from orchestrator.research import Secrets, resume_run
+
+    with Registry.open(args.run_dir, readonly=True) as registry:
+        settings = registry.settings
+    x = settings.extra
+    config = validate(SandboxConfig(
+        image=str(x.get("image", DEFAULT_IMAGE)), memory=str(x.get("memory", "2g")), cpus=float(x.get("cpus", 1.0)),
+        pids=int(x.get("pids", 256)), runtime=str(x.get("container_runtime", "runc")), device=settings.device,
+        timeout_s=float(x.get("timeout_s", 900.0)),
+    ))
+    return resume_run(args.run_dir, config=config, secrets=Secrets(_api_key(args)),
+                      backend_factory=docker_backend_factory(config.image))
+
+
+def add_report_parser(sub) -> None:
+    """`researcher report RUN_DIR` and `researcher ls`."""
+    p = sub.add_parser("report", help="(re)generate report.md and report.html of a run")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("ls", help="list runs with their status and best result")
+    p.add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"), help="folder holding run directories (default: ./runs)")
+    p.set_defaults(func=cmd_ls)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Run `researcher report`."""
+    from orchestrator.report import write_reports
+
+    md, html = write_reports(args.run_dir)
+    print(f"wrote {md}\nwrote {html}")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Run `researcher ls`."""
+    import datetime as dt
+
+    from orchestrator.registry import list_runs
+
+    try:
+        runs = list_runs(args.runs_dir)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if not runs:
+        print(f"no runs under {args.runs_dir}")
+        return EXIT_OK
+    print(f"{'run':<28} {'status':<12} {'started (UTC)':<17} {'dataset':<14} {'cand':>4} {'fail':>4}  best")
+    for r in runs:
+        started = dt.datetime.fromtimestamp(r.started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if r.started else "?"
+        best = f"{r.metric} {r.best_mean:.4f}" if getattr(r, "best_mean", None) is not None else "-"
+        print(f"{r.name:<28} {r.status:<12} {started:<17} {r.dataset:<14} {r.candidates:>4} {r.failed:>4}  {best}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------- cleanup
 
 
@@ -139,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The full `researcher` parser."""
     parser = _Parser(prog="researcher", description="Autonomous PyTorch research with untrusted model code in hardened sandboxes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_run_parser(sub)
+    add_resume_parser(sub)
+    add_report_parser(sub)
     add_check_parser(sub)
     try:
         from orchestrator.image import add_image_parser

@@ -1,0 +1,101 @@
+"""What the user sees while a run goes: candidates in flight, their epoch, a leaderboard.
+
+A rich ``Live`` panel on a terminal; one plain line per finished candidate
+otherwise (CI logs, pipes), so progress is always visible.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+def _fmt_ci(record, metric: str) -> str:
+    summary = record.summary(metric)
+    if summary is None or summary.ci95_low is None:
+        return ""
+    return f"[{summary.ci95_low:.4f}, {summary.ci95_high:.4f}]"
+
+
+class LiveView:
+    """Renders the loop's state; safe to use without a terminal."""
+
+    def __init__(self, *, console: Console | None = None, enabled: bool | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.live_mode = self.console.is_terminal if enabled is None else enabled
+        self._live: Live | None = None
+        self._loop = None
+
+    def __enter__(self) -> LiveView:
+        if self.live_mode:
+            self._live = Live(Text("starting..."), console=self.console, refresh_per_second=4, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._live is not None:
+            if self._loop is not None:
+                self._live.update(self._render(self._loop))
+            self._live.stop()
+
+    def refresh(self, loop) -> None:
+        """Redraw from the loop's state (main thread)."""
+        self._loop = loop
+        if self._live is not None:
+            self._live.update(self._render(loop))
+
+    def candidate_finished(self, record) -> None:
+        """One line per finished candidate when there is no live panel."""
+        if self._live is not None:
+            return
+        metric = self._loop.target.metric if self._loop else "accuracy"
+        if record.status == "failed":
+            line = f"{record.id} failed ({record.failure.kind.value}): {record.failure.message[:120]}"
+        elif record.pruned:
+            line = f"{record.id} pruned after {len(record.val_curve())} epochs"
+        else:
+            value = record.value(metric)
+            line = f"{record.id} {metric} {value:.4f} {_fmt_ci(record, metric)}  ({record.params or 0:,} params, {record.seconds:.1f} s)"
+        print(f"[researcher] {line}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        """A line above the panel (or on stderr)."""
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            print(f"[researcher] {text}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ render
+
+    def _render(self, loop) -> Group:
+        metric = loop.target.metric
+        settings = loop.settings
+        elapsed = time.monotonic() - loop.state.started
+        budget = f"{loop.counted_candidates()}/{settings.max_candidates or '∞'} candidates"
+        clock = f"{elapsed:.0f}/{settings.time_budget_s:.0f} s" if settings.time_budget_s else f"{elapsed:.0f} s"
+        target = f"target {metric} >= {loop.target.threshold}" if loop.target.threshold is not None else f"maximise {metric}"
+        header = Text(f"{settings.name}: {budget}, {clock}, {target}, pool {loop.pool.stats['ready']} ready", style="bold")
+        flight = Table(title="in flight", expand=True, title_justify="left")
+        for col in ("candidate", "model", "seed", "epoch", "val acc", "params"):
+            flight.add_column(col)
+        for cid, entry in list(loop.state.in_flight.items()):
+            proposal = entry["proposal"]
+            model = (proposal.config.name if proposal.config else "LLM source")[:40]
+            epoch = f"{entry['epoch']}/{entry.get('epochs', '?')}" if entry.get("epoch") else "starting"
+            val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
+            flight.add_row(cid, model, str(entry.get("seed", "")), epoch, val, f"{entry.get('params', 0):,}")
+        board = Table(title="leaderboard (test, mean over seeds)", expand=True, title_justify="left")
+        for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
+            board.add_column(col)
+        passed = [c for c in loop.registry.candidates("passed") if c.value(metric) is not None]
+        passed.sort(key=lambda c: c.value(metric), reverse=loop.target.direction == "maximize")
+        for rank, rec in enumerate(passed[:5], 1):
+            board.add_row(str(rank), rec.id, f"{rec.value(metric):.4f}", _fmt_ci(rec, metric),
+                          f"{rec.params or 0:,}", f"{rec.seconds:.1f}")
+        footer = Text(f"finished {loop.state.finished}, failed {loop.state.failed}")
+        return Group(header, flight, board, footer)

@@ -1,0 +1,223 @@
+"""The research loop: propose, assemble, evaluate in a sandbox, score, record, repeat.
+
+The planner and the registry live on the main thread; candidates are
+evaluated on up to ``parallel`` worker threads, each taking one ready slot
+from the warm pool (one container per candidate, never reused). Results may
+come back out of order; the planner is told as each one lands. Every
+abnormal end of a candidate is a recorded failure; only an unusable sandbox
+(no engine, no image) or the user's Ctrl-C ends the run early, and both
+leave the registry consistent so that `researcher resume` continues it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import msgspec
+
+from orchestrator.check import syntax_failure
+from orchestrator.planning.assembler import render
+from orchestrator.planning.types import InvalidConfig, Outcome, Planner, Proposal, should_prune
+from orchestrator.registry import CandidateRecord, Registry
+from orchestrator.registry.store import INTERRUPTED
+from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.pool import WarmPool
+from orchestrator.sandbox.runner import JobResult, execute
+from sandbox_image.protocol import CheckReport, Failure, FailureKind, Job, Predictions, Progress, Stage
+
+@dataclass
+class Evaluation:
+    """What one candidate's evaluation produced, ready for the registry."""
+
+    result: JobResult
+    scores: object | None = None
+    dynamics: object | None = None
+    failure: Failure | None = None
+
+
+@dataclass
+class LoopState:
+    """Live counters the view reads (written by the loop thread only)."""
+
+    started: float = field(default_factory=time.monotonic)
+    in_flight: dict[str, dict] = field(default_factory=dict)  # cid -> {"seed", "epoch", "val_acc", ...}
+    finished: int = 0
+    failed: int = 0
+    stop_reason: str = ""
+
+
+class ResearchLoop:
+    """Runs candidates until the target, the candidate budget or the time budget is met."""
+
+    def __init__(self, registry: Registry, planner: Planner, pool: WarmPool, prepared, config: SandboxConfig,
+                 *, parallel: int = 1, view=None) -> None:
+        self.registry, self.planner, self.pool, self.prepared = registry, planner, pool, prepared
+        self.config, self.parallel, self.view = config, parallel, view
+        self.settings = registry.settings
+        self.target = self.settings.target
+        self.facts = prepared.facts()
+        self.state = LoopState()
+        self._planner_lock = threading.Lock()  # planners are not thread-safe; pruning calls come from workers
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> str:
+        """Run to a stop condition; returns why it stopped."""
+        history = self.registry.outcomes()
+        in_flight: dict[Future, tuple[str, Proposal]] = {}
+        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="candidate") as workers:
+            try:
+                while True:
+                    reason = self.stop_reason()
+                    while not reason and len(in_flight) < self.parallel:
+                        reason = self._submit_next(workers, in_flight, history)
+                    if reason and not self.state.stop_reason:
+                        self.state.stop_reason = reason
+                    if not in_flight:
+                        break
+                    done, _ = wait(list(in_flight), timeout=0.25, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        cid, proposal = in_flight.pop(future)
+                        history.append(self._record(cid, proposal, future))
+                    self._refresh_view()
+            except BaseException:
+                for future in in_flight:
+                    future.cancel()
+                raise
+        return self.state.stop_reason
+
+    def stop_reason(self) -> str:
+        """Why the loop must not start another candidate ('' = go on)."""
+        best = self.registry.best()
+        value = best.value(self.target.metric) if best else None
+        if self.target.reached(value):
+            return f"target met: {best.id} has mean {self.target.metric} {value:.4f} >= {self.target.threshold}"
+        budget = self.settings.max_candidates
+        if budget is not None and self.counted_candidates() >= budget:
+            return f"candidate budget spent ({budget} candidates)"
+        limit = self.settings.time_budget_s
+        if limit and time.monotonic() - self.state.started >= limit:
+            return f"time budget spent ({limit:g} s)"
+        return ""
+
+    def counted_candidates(self) -> int:
+        """Candidates that count against the budget (interrupted ones are redone, not counted)."""
+        return sum(1 for c in self.registry.candidates() if not _interrupted(c))
+
+    # ------------------------------------------------------------------ one candidate
+
+    def _submit_next(self, workers, in_flight, history: list[Outcome]) -> str:
+        with self._planner_lock:
+            try:
+                proposal = self.planner.propose(history)
+            except InvalidConfig as exc:
+                self.registry.log_event("planner_error", f"the planner proposed an invalid candidate: {exc}")
+                return ""
+        if proposal is None:
+            return "the planner has nothing more to propose"
+        proposal = self._with_run_settings(proposal)
+        source, failure = self._assemble(proposal)
+        cid = self.registry.add_candidate(proposal, source)
+        if failure is not None:
+            record = self.registry.finish_candidate(cid, failure=failure)
+            history.append(self._observe(record))
+            return ""
+        self.registry.mark_running(cid)
+        self.state.in_flight[cid] = {"proposal": proposal, "seed": None, "epoch": 0, "val_acc": None}
+        in_flight[workers.submit(self._evaluate, cid, proposal, source)] = (cid, proposal)
+        self._refresh_view()
+        return ""
+
+    def _with_run_settings(self, proposal: Proposal) -> Proposal:
+        """The run's seeds and the time left replace whatever the planner set."""
+        train = msgspec.structs.replace(proposal.train, seeds=self.settings.seeds)
+        return msgspec.structs.replace(proposal, train=train)
+
+    def _assemble(self, proposal: Proposal) -> tuple[str, Failure | None]:
+        if proposal.config is not None:
+            try:
+                return render(proposal.config, input_shape=self.facts.input_shape,
+                              num_classes=self.facts.num_classes, class_name=proposal.class_name), None
+            except (InvalidConfig, ValueError) as exc:
+                return "", Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR,
+                                   message=f"the assembler refused the config: {exc}")
+        return proposal.source or "", syntax_failure(proposal.source or "")
+
+    def _evaluate(self, cid: str, proposal: Proposal, source: str) -> Evaluation:
+        """Worker thread: one candidate in one fresh sandbox, scored on the host."""
+        job = Job(job_id=cid, source=source, class_name=proposal.class_name, input_shape=self.facts.input_shape,
+                  num_classes=self.facts.num_classes, device=self.config.device, threads=self.config.threads,
+                  train=proposal.train, data=self.data_spec)
+        slot = self.pool.acquire()
+        with slot:
+            result = execute(slot, job, n_test=self.facts.n_test,
+                             on_message=lambda msg: self._on_message(cid, proposal, msg))
+        if result.failure is not None or result.stopped:
+            return Evaluation(result=result, failure=result.failure)
+        from orchestrator.training import score_result
+
+        scores, dynamics = score_result(result, self.prepared)
+        return Evaluation(result=result, scores=scores, dynamics=dynamics)
+
+    def _on_message(self, cid: str, proposal: Proposal, msg) -> bool:
+        """Worker thread: track progress; True stops the job (pruned)."""
+        entry = self.state.in_flight.get(cid)
+        if entry is None:
+            return False
+        if isinstance(msg, CheckReport):
+            entry["params"] = msg.params
+        elif isinstance(msg, Progress):
+            entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc)
+            if msg.seed == proposal.train.seeds[0]:
+                with self._planner_lock:
+                    if should_prune(self.planner, cid, msg.stats.epoch, msg.stats.val_acc, proposal=proposal):
+                        entry["pruned"] = True
+                        return True
+        elif isinstance(msg, Predictions):
+            entry["seeds_done"] = entry.get("seeds_done", 0) + 1
+        return False
+
+    def _record(self, cid: str, proposal: Proposal, future: Future) -> Outcome:
+        """Main thread: store a finished candidate and tell the planner."""
+        entry = self.state.in_flight.pop(cid, {})
+        try:
+            evaluation: Evaluation = future.result()
+        except InvalidConfig as exc:  # pragma: no cover - assembled before submission
+            record = self.registry.finish_candidate(cid, failure=Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR, message=str(exc)))
+            return self._observe(record)
+        result = evaluation.result
+        curves = {p.seed: p.curves for p in result.predictions}
+        pruned = bool(entry.get("pruned")) and result.stopped
+        failure = evaluation.failure
+        if result.stopped and not pruned and failure is None:
+            failure = Failure(stage=Stage.TRAIN, kind=FailureKind.TIMEOUT, message="stopped by the orchestrator")
+        record = self.registry.finish_candidate(
+            cid, check=result.check, scores=evaluation.scores, dynamics=evaluation.dynamics,
+            failure=failure, curves=curves, seconds=result.seconds, pruned=pruned,
+        )
+        return self._observe(record)
+
+    def _observe(self, record: CandidateRecord) -> Outcome:
+        outcome = record.outcome(self.target.metric)
+        with self._planner_lock:
+            self.planner.observe(outcome)
+        self.state.finished += 1
+        if record.status == "failed":
+            self.state.failed += 1
+        if self.view is not None:
+            self.view.candidate_finished(record)
+        return outcome
+
+    def _refresh_view(self) -> None:
+        if self.view is not None:
+            self.view.refresh(self)
+
+    data_spec = None  # set by the caller: the DataSpec of the run's prepared arrays
+
+
+def _interrupted(record: CandidateRecord) -> bool:
+    return record.failure is not None and record.failure.message.startswith(INTERRUPTED) \
+        and record.failure.kind is FailureKind.CRASHED

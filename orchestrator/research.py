@@ -1,0 +1,184 @@
+"""`researcher run` and `researcher resume`: set a run up, drive the loop, report.
+
+Everything the run needs is built here in order - settings, registry, data,
+planner, sandbox pool, live view - and torn down in reverse, so that Ctrl-C
+or SIGTERM at any moment leaves a consistent registry, no container, and a
+report of what was done; `researcher resume RUN_DIR` continues from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from orchestrator.exceptions import UsageError
+from orchestrator.planning.types import DatasetFacts as PlannerFacts
+from orchestrator.registry import Registry, RunSettings, new_run_dir
+from orchestrator.sandbox.config import SandboxConfig
+
+DEFAULT_GOAL = "digits classifier with at least 98% accuracy"
+DEFAULT_RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What must never be stored: read from flags or the environment at each start."""
+
+    llm_api_key: str | None = None
+
+
+def planner_facts(facts) -> PlannerFacts:
+    """The planner's view of the prepared data (never the test labels)."""
+    return PlannerFacts(name=facts.name, input_shape=tuple(facts.input_shape), num_classes=facts.num_classes,
+                        class_names=tuple(facts.class_names), n_train=facts.n_train, n_val=facts.n_val,
+                        n_test=facts.n_test)
+
+
+def make_planner(settings: RunSettings, facts: PlannerFacts, registry: Registry, secrets: Secrets):
+    """The offline planner, or the LLM planner (with the offline one as its fallback)."""
+    from orchestrator.planning.offline import OfflinePlanner
+
+    offline = OfflinePlanner(facts, settings.target, seed=settings.search_seed)
+    if settings.planner == "offline":
+        return offline
+    from orchestrator.llm.client import LLMClient
+    from orchestrator.planning.llm import LLMPlanner
+
+    client = LLMClient(settings.llm_base_url, settings.llm_model, secrets.llm_api_key,
+                       timeout=float(settings.extra.get("llm_timeout", 120.0)),
+                       recorder=registry.record_llm_call)
+    mode = str(settings.extra.get("llm_mode", "config"))
+    return LLMPlanner(client, facts, settings.target, settings.goal, mode=mode, fallback=offline)
+
+
+def sandbox_for_run(base: SandboxConfig, parallel: int, cpus_given: bool) -> SandboxConfig:
+    """Share the host's cores between parallel sandboxes unless --cpus was given."""
+    if cpus_given:
+        return base
+    cores = os.cpu_count() or 1
+    return msgspec.structs.replace(base, cpus=float(max(1, cores // parallel)))
+
+
+def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory) -> int:
+    """Create a run directory and registry, then drive the loop."""
+    run_dir = new_run_dir(root, settings.name or None)
+    registry = Registry.create(run_dir, settings)
+    return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=False)
+
+
+def resume_run(run_dir: Path, *, config: SandboxConfig | None, secrets: Secrets, backend_factory) -> int:
+    """Reopen a run (interrupted candidates are marked and redone) and continue it."""
+    registry = Registry.open(run_dir)
+    if registry.recovered:
+        registry.log_event("resumed", f"resumed; {len(registry.recovered)} interrupted candidate(s) will not count",
+                           recovered=list(registry.recovered))
+    else:
+        registry.log_event("resumed", "resumed")
+    registry.set_status("running", "resumed")
+    return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=True)
+
+
+def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backend_factory, resumed: bool) -> int:
+    """Prepare, run the loop, write the reports; returns the process exit code."""
+    from orchestrator.live import LiveView
+    from orchestrator.loop import ResearchLoop
+    from orchestrator.report import write_reports
+    from orchestrator.sandbox.pool import WarmPool
+    from orchestrator.training import load_prepared
+
+    settings = registry.settings
+    paths = registry.paths
+    started = time.monotonic()
+    scratch = paths.root / "scratch"
+    status, message = "failed", "stopped by an error"
+    try:
+        with LiveView() as view:
+            view.message(f"run {paths.root} ({'resumed' if resumed else 'new'}): {settings.goal}")
+            view.message(f"loading dataset {settings.dataset!r} on the trusted side")
+            prepared = load_prepared(settings.dataset, settings.data_dir, seed=settings.search_seed)
+            facts = prepared.facts()
+            registry.set_dataset(facts)
+            view.message(f"dataset {facts.name}: {facts.n_train} train / {facts.n_val} val / {facts.n_test} test, "
+                         f"input {tuple(facts.input_shape)}, {facts.num_classes} classes, hash {facts.content_hash[:12]}")
+            spec = prepared.write_sandbox_dir(scratch / "data")
+            planner = make_planner(settings, planner_facts(facts), registry, secrets)
+            backend = backend_factory()
+            try:
+                with WarmPool(backend, config, size=settings.parallel, data_dir=scratch / "data") as pool:
+                    loop = ResearchLoop(registry, planner, pool, prepared, config, parallel=settings.parallel, view=view)
+                    loop.data_spec = spec
+                    reason = loop.run()
+            finally:
+                backend.close()
+        status, message = "finished", reason
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted by the user"
+        raise
+    finally:
+        _finish(registry, status, message, scratch, keep=settings.keep)
+        md, html = write_reports(paths.root)
+        _print_summary(paths, status, message, time.monotonic() - started, html)
+    return 0
+
+
+def _finish(registry: Registry, status: str, message: str, scratch: Path, *, keep: bool) -> None:
+    registry.set_status(status, message)
+    registry.close()
+    if not keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _print_summary(paths, status: str, message: str, wall: float, html: Path) -> None:
+    """The best candidate with its CI, throughput, and where everything is."""
+    with Registry.open(paths.root, readonly=True) as registry:
+        metric = registry.settings.target.metric
+        records = registry.candidates()
+        best = registry.best()
+    out = sys.stdout
+    finished = [r for r in records if r.status in ("passed", "failed")]
+    out.write(f"\nrun {status}: {message}\n")
+    out.write(f"  {len(finished)} candidates ({sum(r.status == 'failed' for r in finished)} failed) in {wall:.0f} s, "
+              f"{60 * len(finished) / max(wall, 1e-9):.1f} candidates/min\n")
+    if best is not None:
+        summary = best.summary(metric)
+        ci = f", 95% CI [{summary.ci95_low:.4f}, {summary.ci95_high:.4f}] over {len(summary.per_seed)} seeds" \
+            if summary.ci95_low is not None else " (one seed: no CI)"
+        out.write(f"  best: {best.id} test {metric} {summary.mean:.4f}{ci}, {best.params or 0:,} params\n")
+        out.write(f"  best model source: {paths.best_model}\n")
+    else:
+        out.write("  no candidate passed; see the report for the failures\n")
+    out.write(f"  report: {html}\n  registry: {paths.sqlite}\n")
+    if status == "interrupted":
+        out.write(f"  continue with: researcher resume {paths.root}\n")
+
+
+def settings_from_args(args, goal_target) -> RunSettings:
+    """RunSettings from `researcher run` flags (validated, all problems at once)."""
+    problems = []
+    if args.max_candidates is not None and args.max_candidates < 1:
+        problems.append("--max-candidates must be >= 1")
+    if args.time_budget is not None and args.time_budget <= 0:
+        problems.append("--time-budget must be > 0 seconds")
+    if args.seeds < 1 or args.seeds > 16:
+        problems.append("--seeds must be between 1 and 16")
+    if args.parallel < 1:
+        problems.append("--parallel must be >= 1")
+    if args.llm_model and not args.llm_base_url:
+        problems.append("--llm-model needs --llm-base-url (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1)")
+    if problems:
+        raise UsageError("; ".join(problems))
+    planner = "llm" if args.llm_base_url else "offline"
+    return RunSettings(
+        goal=args.goal, name=args.name or "", dataset=args.dataset, data_dir=args.data_dir, target=goal_target,
+        seeds=tuple(range(args.seeds)), max_candidates=args.max_candidates, time_budget_s=args.time_budget,
+        planner=planner, search_seed=args.search_seed, llm_base_url=args.llm_base_url,
+        llm_model=args.llm_model or ("default" if planner == "llm" else None), device=args.device,
+        parallel=args.parallel, runtime=args.runtime, keep=args.keep,
+        extra={"llm_mode": args.llm_mode, "llm_timeout": args.llm_timeout},
+    )
