@@ -1,0 +1,70 @@
+"""Plots write valid PNG files and leave matplotlib's global state alone."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluator.plots import Bar, plot_confusion, plot_learning_curves, plot_leaderboard
+from sandbox_image.protocol import EpochStats
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as im:
+        im.verify()  # checks the PNG chunks and CRCs
+    with Image.open(path) as im:
+        return im.size
+
+
+def _curves(seeds: int, epochs: int) -> dict[int, list[EpochStats]]:
+    return {
+        s: [EpochStats(epoch=e, train_loss=1 / e, val_loss=1.1 / e + 0.01 * s, train_acc=1 - 0.5 / e,
+                       val_acc=0.95 - 0.5 / e, seconds=0.2) for e in range(1, epochs + 1)]
+        for s in range(seeds)
+    }  # fmt: skip
+
+
+def test_confusion_matrix_png(tmp_path: Path) -> None:
+    cm = np.array([[50, 2, 0], [3, 45, 2], [0, 1, 47]])
+    out = plot_confusion(cm, ["cat", "dog", "bird"], tmp_path / "plots" / "cm.png")
+    width, height = _png_size(out)
+    assert out == tmp_path / "plots" / "cm.png" and width > 300 and height > 300
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_confusion_matrix_with_many_classes_and_mean_counts(tmp_path: Path) -> None:
+    cm = np.random.default_rng(0).random((40, 40)) * 3  # above the annotation limit
+    assert _png_size(plot_confusion(cm, [f"c{i}" for i in range(40)], tmp_path / "big.png"))[0] > 1000
+    with pytest.raises(ValueError, match="class names"):
+        plot_confusion(cm, ["a"], tmp_path / "bad.png")
+
+
+def test_learning_curves_png(tmp_path: Path) -> None:
+    width, height = _png_size(plot_learning_curves(_curves(3, 12), tmp_path / "lc.png"))
+    assert width > 2 * height  # two panels side by side
+    with pytest.raises(ValueError):
+        plot_learning_curves({0: []}, tmp_path / "empty.png")
+
+
+def test_leaderboard_png_with_a_failed_candidate(tmp_path: Path) -> None:
+    bars = [Bar("cnn", 0.985, 0.98, 0.99), Bar("mlp", 0.97, None, None), Bar("broken", None)]
+    assert _png_size(plot_leaderboard(bars, tmp_path / "lb.png", metric="accuracy"))[1] > 100
+    with pytest.raises(ValueError):
+        plot_leaderboard([], tmp_path / "none.png")
+
+
+def test_no_global_matplotlib_state_changes(tmp_path: Path) -> None:
+    backend = matplotlib.get_backend()
+    pyplot_loaded = "matplotlib.pyplot" in sys.modules
+    plot_confusion(np.eye(2), ["a", "b"], tmp_path / "a.png")
+    plot_learning_curves(_curves(1, 3), tmp_path / "b.png")
+    assert matplotlib.get_backend() == backend
+    assert ("matplotlib.pyplot" in sys.modules) == pyplot_loaded

@@ -1,0 +1,171 @@
+"""The training recipe on real data (digits), on CPU, fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from evaluator.datasets import load_dataset
+from evaluator.prepare import PreparedData, prepare
+from evaluator.recipe import NonFiniteLoss, TrainData, load_arrays, train_seed, warm_up
+from sandbox_image.protocol import EpochStats, TrainSpec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """As in a sandbox capped to one core: on a busy shared machine, 2 OpenMP threads run ~15x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> PreparedData:
+    warm_up()  # torch's one-time lazy imports are not training time
+    return prepare(load_dataset("digits"), seed=0)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 10))
+
+
+def test_mlp_on_digits_learns_in_seconds(digits: PreparedData) -> None:
+    seen: list[EpochStats] = []
+    result = train_seed(_mlp, digits.train_data(), TrainSpec(epochs=8, lr=3e-3), seed=0, on_epoch=seen.append)
+    assert max(s.val_acc for s in result.curves) > 0.9
+    assert result.seconds < 10  # about 0.6 s on one core; generous for a shared machine
+    assert [s.epoch for s in seen] == list(range(1, 9)) and tuple(seen) == result.curves
+    assert all(s.lr == pytest.approx(3e-3) and s.seconds > 0 for s in seen)
+    assert result.logits.shape == (450, 10) and result.logits.dtype == np.float32
+    assert (result.logits.argmax(axis=1) == digits.test_y).mean() > 0.9
+
+
+def test_same_seed_same_logits_other_seed_differs(digits: PreparedData) -> None:
+    spec = TrainSpec(epochs=2)
+    a = train_seed(_mlp, digits.train_data(), spec, seed=7)
+    b = train_seed(_mlp, digits.train_data(), spec, seed=7)
+    c = train_seed(_mlp, digits.train_data(), spec, seed=8)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert [s.val_loss for s in a.curves] == [s.val_loss for s in b.curves]
+    assert not np.array_equal(a.logits, c.logits)
+
+
+class _NaNModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1)) * torch.tensor(float("nan"))
+
+
+def test_nan_loss_raises(digits: PreparedData) -> None:
+    with pytest.raises(NonFiniteLoss, match="training loss is nan"):
+        train_seed(_NaNModel, digits.train_data(), TrainSpec(epochs=3), seed=0)
+
+
+def _diverging(digits: PreparedData) -> TrainData:
+    """Validation labels are the train labels shifted by one: learning the train set hurts val."""
+    x, y = digits.train_x[:400], digits.train_y[:400]
+    return TrainData(train_x=x, train_y=y, val_x=x, val_y=(y + 1) % 10, test_x=x)
+
+
+def test_early_stopping_restores_the_best_weights(digits: PreparedData) -> None:
+    data = _diverging(digits)
+    result = train_seed(_mlp, data, TrainSpec(epochs=30, patience=2, lr=1e-2), seed=0)
+    assert result.stopped_early and len(result.curves) == result.best_epoch + 2
+    best = result.curves[result.best_epoch - 1]
+    assert best.val_loss == min(s.val_loss for s in result.curves)
+    # the test inputs are the val inputs, so the returned logits reproduce the best val loss
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(result.logits), torch.from_numpy(data.val_y))
+    assert float(loss) == pytest.approx(best.val_loss, rel=1e-4)
+
+
+def test_patience_zero_runs_every_epoch(digits: PreparedData) -> None:
+    result = train_seed(_mlp, _diverging(digits), TrainSpec(epochs=5, patience=0, lr=1e-2), seed=0)
+    assert len(result.curves) == 5 and not result.stopped_early and result.best_epoch < 5
+
+
+def test_deadline_stops_after_the_current_epoch(digits: PreparedData) -> None:
+    result = train_seed(_mlp, digits.train_data(), TrainSpec(epochs=50), seed=0, deadline=time.monotonic())
+    assert len(result.curves) == 1 and not result.stopped_early and result.logits.shape == (450, 10)
+
+
+def test_prediction_is_batched_in_eval_mode_with_the_kept_weights(digits: PreparedData) -> None:
+    built: list[nn.Module] = []
+
+    def make() -> nn.Module:
+        built.append(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                   nn.Dropout(0.5), nn.Linear(32, 10)))  # fmt: skip
+        return built[-1]
+
+    data = TrainData(digits.train_x, digits.train_y, digits.val_x, digits.val_y, digits.train_x)
+    result = train_seed(make, data, TrainSpec(epochs=2), seed=0)  # 1144 test rows: two batches
+    model = built[0].eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(data.test_x)).numpy()
+    np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_other_optimizers_train(digits: PreparedData, optimizer: str) -> None:
+    spec = TrainSpec(epochs=4, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 3e-3, weight_decay=1e-4)
+    result = train_seed(_mlp, digits.train_data(), spec, seed=0)
+    assert result.curves[-1].val_acc > 0.8
+
+
+def test_bad_settings_are_value_errors(digits: PreparedData) -> None:
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        train_seed(_mlp, digits.train_data(), TrainSpec(optimizer="lion"), seed=0)
+    with pytest.raises(ValueError, match="epochs"):
+        train_seed(_mlp, digits.train_data(), TrainSpec(epochs=0), seed=0)
+
+
+def test_trains_from_read_only_memory_maps(tmp_path: Path, digits: PreparedData) -> None:
+    spec = digits.write_sandbox_dir(tmp_path)
+    data = load_arrays(spec)
+    assert isinstance(data.train_x, np.memmap) and not data.train_x.flags.writeable
+    result = train_seed(_mlp, data, TrainSpec(epochs=1), seed=0)  # -W error: no "not writable" warning
+    assert result.logits.shape == (450, 10)
+
+
+def test_deterministic_mode_is_restored(digits: PreparedData) -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    train_seed(_mlp, digits.train_data(), TrainSpec(epochs=1), seed=0)
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.gpu
+def test_cuda_with_amp(digits: PreparedData) -> None:
+    assert torch.cuda.is_available(), "the gpu marker needs a CUDA device"
+    result = train_seed(_mlp, digits.train_data(), TrainSpec(epochs=8, lr=3e-3, amp=True), seed=0, device="cuda")
+    assert result.logits.dtype == np.float32 and np.isfinite(result.logits).all()
+    assert max(s.val_acc for s in result.curves) > 0.9
+
+
+def test_a_last_batch_of_one_sample_does_not_break_batchnorm(digits: PreparedData) -> None:
+    def make() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+    x, y = digits.train_x[:129], digits.train_y[:129]  # 2 batches of 64 and one of 1
+    result = train_seed(make, TrainData(x, y, digits.val_x, digits.val_y, digits.test_x), TrainSpec(epochs=2), seed=0)
+    assert len(result.curves) == 2
+
+
+def test_recipe_imports_only_what_the_sandbox_has() -> None:
+    code = (
+        "import sys, evaluator.recipe; "
+        "bad = ('sklearn', 'scipy', 'torchmetrics', 'torchvision', 'matplotlib', 'orchestrator'); "
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(bad)}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
