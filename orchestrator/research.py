@@ -74,12 +74,7 @@ def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secre
 
 def resume_run(run_dir: Path, *, config: SandboxConfig | None, secrets: Secrets, backend_factory) -> int:
     """Reopen a run (interrupted candidates are marked and redone) and continue it."""
-    registry = Registry.open(run_dir)
-    if registry.recovered:
-        registry.log_event("resumed", f"resumed; {len(registry.recovered)} interrupted candidate(s) will not count",
-                           recovered=list(registry.recovered))
-    else:
-        registry.log_event("resumed", "resumed")
+    registry = Registry.open(run_dir)  # logs the resume and marks interrupted candidates
     registry.set_status("running", "resumed")
     return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=True)
 

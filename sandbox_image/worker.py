@@ -207,8 +207,12 @@ def run_job(job: Job, send: Callable[[msgspec.Struct], None]) -> None:
 def _ready() -> Ready:
     import torch
 
+    from evaluator.recipe import warm_up
+
     threads = _threads()
     torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    warm_up()  # pay torch's lazy imports (optimiser -> torch._dynamo) before saying Ready
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return Ready(
         protocol=PROTOCOL_VERSION,

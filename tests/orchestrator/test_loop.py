@@ -1,0 +1,110 @@
+"""The research loop end to end on real data, through the real worker (local, UNSAFE backend)."""
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from orchestrator.planning.types import Proposal, Target
+from orchestrator.registry import Registry, RunSettings
+from orchestrator.research import Secrets, drive, resume_run, start_run
+from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.fake import SubprocessBackend
+from sandbox_image.protocol import FailureKind, TrainSpec
+
+CONFIG = SandboxConfig(timeout_s=120, cpus=1)
+
+
+def _settings(**kw) -> RunSettings:
+    base = dict(goal="iris classifier", dataset="iris", seeds=(0, 1), max_candidates=3, time_budget_s=600.0,
+                target=Target(metric="accuracy", threshold=None))
+    base.update(kw)
+    return RunSettings(**base)
+
+
+def test_a_run_spends_its_candidate_budget_and_reports(tmp_path, capsys):
+    code = start_run(_settings(name="r1"), root=tmp_path, config=CONFIG, secrets=Secrets(), backend_factory=SubprocessBackend)
+    assert code == 0
+    run = tmp_path / "r1"
+    with Registry.open(run, readonly=True) as registry:
+        records = registry.candidates()
+        assert len(records) == 3
+        assert all(r.status in ("passed", "failed") for r in records)
+        best = registry.best()
+        assert best is not None and 0.5 < best.value("accuracy") <= 1.0
+        assert registry.run().status == "finished"
+        assert "candidate budget spent" in registry.run().message
+    assert (run / "src" / "models" / "model.py").read_text() == best.source
+    assert (run / "report.html").stat().st_size > 10_000 and (run / "report.md").exists()
+    exported = json.loads((run / "experiments" / "registry.json").read_text())
+    assert len(exported["candidates"]) == 3
+    assert not (run / "scratch").exists()  # no --keep: the sandbox arrays are gone
+    out = capsys.readouterr().out
+    assert "best: c00" in out and "95% CI" in out
+
+
+def test_the_loop_stops_when_the_target_is_met(tmp_path):
+    settings = _settings(name="r2", target=Target(metric="accuracy", threshold=0.5), max_candidates=5)
+    start_run(settings, root=tmp_path, config=CONFIG, secrets=Secrets(), backend_factory=SubprocessBackend)
+    with Registry.open(tmp_path / "r2", readonly=True) as registry:
+        assert len(registry.candidates()) == 1
+        assert registry.run().message.startswith("target met")
+
+
+class ScriptedPlanner:
+    """Proposes broken sources first, then a good one: failures must be recorded, not raised."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self.observed = []
+
+    def propose(self, history):
+        if not self.sources:
+            return None
+        return Proposal(source=self.sources.pop(0), train=TrainSpec(epochs=2))
+
+    def observe(self, outcome):
+        self.observed.append(outcome)
+
+
+GOOD = """
+import torch.nn as nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    def forward(self, x):
+        return self.f(x)
+"""
+
+
+def test_broken_candidates_are_recorded_failures_and_the_run_goes_on(tmp_path, monkeypatch):
+    planner = ScriptedPlanner([
+        "class Net(:\n",  # syntax: caught on the host
+        GOOD.replace("nn.Linear(16, 3)", "nn.Linear(16, 5)"),  # shape mismatch
+        GOOD.replace("return self.f(x)", "raise RuntimeError('boom')"),  # forward error
+        GOOD,
+    ])
+    monkeypatch.setattr("orchestrator.research.make_planner", lambda *a: planner)
+    start_run(_settings(name="r3", max_candidates=10), root=tmp_path, config=CONFIG, secrets=Secrets(),
+              backend_factory=SubprocessBackend)
+    with Registry.open(tmp_path / "r3", readonly=True) as registry:
+        kinds = [r.failure.kind if r.failure else None for r in registry.candidates()]
+        assert kinds == [FailureKind.SYNTAX_ERROR, FailureKind.SHAPE_MISMATCH, FailureKind.FORWARD_ERROR, None]
+        assert registry.run().message == "the planner has nothing more to propose"
+    assert [o.status for o in planner.observed] == ["failed", "failed", "failed", "passed"]
+    assert "boom" in planner.observed[2].failure_message
+
+
+def test_resume_marks_interrupted_candidates_and_finishes_the_budget(tmp_path):
+    run = tmp_path / "r4"
+    registry = Registry.create(run, _settings(name="r4", max_candidates=2))
+    cid = registry.add_candidate(Proposal(source=GOOD), GOOD)
+    registry.mark_running(cid)
+    registry.close()  # the process "died" with c001 running
+    resume_run(run, config=CONFIG, secrets=Secrets(), backend_factory=SubprocessBackend)
+    with Registry.open(run, readonly=True) as registry:
+        records = registry.candidates()
+        assert records[0].failure.kind is FailureKind.CRASHED and records[0].failure.message.startswith("interrupted")
+        assert len(records) == 3  # the interrupted one does not count against the budget of 2
+        assert [e.kind for e in registry.events() if e.kind == "resumed"] == ["resumed"]
