@@ -1,0 +1,140 @@
+"""Typed records read back from the registry: candidates, events, the run, run summaries."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import msgspec
+
+from evaluator.dynamics import Dynamics
+from evaluator.metrics import LOWER_IS_BETTER, MetricSummary, Scores
+from orchestrator.planning.types import METRIC_DIRECTIONS, Outcome, Proposal
+from orchestrator.registry.settings import RunSettings
+from sandbox_image.protocol import CheckReport, EpochStats, Failure
+
+CandidateStatus = Literal["queued", "running", "passed", "failed"]
+RunStatus = Literal["running", "finished", "interrupted", "failed"]
+
+#: Statuses of a candidate whose evaluation is over.
+FINISHED = ("passed", "failed")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of ``metric``: the planner's table first, then the evaluator's."""
+    if metric in METRIC_DIRECTIONS:
+        return METRIC_DIRECTIONS[metric] == "maximize"
+    return metric not in LOWER_IS_BETTER
+
+
+def metric_summary(scores: Scores | None, metric: str) -> MetricSummary | None:
+    """``metric`` of ``scores``; ``auroc`` also finds ``auroc_macro``. None when absent."""
+    if scores is None:
+        return None
+    for key in (metric, f"{metric}_macro"):
+        if key in scores.metrics:
+            return scores.metrics[key]
+    return None
+
+
+class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One candidate as stored: what was proposed, what ran and how it went."""
+
+    id: str
+    seq: int  # 1, 2, ... in the order candidates were added
+    status: CandidateStatus
+    proposal: Proposal
+    source: str  # the exact source that was (or will be) run
+    created: float  # unix seconds
+    started: float | None = None
+    finished: float | None = None
+    check: CheckReport | None = None
+    scores: Scores | None = None
+    dynamics: Dynamics | None = None
+    failure: Failure | None = None
+    curves: dict[int, tuple[EpochStats, ...]] = {}  # per seed, measured in the sandbox
+    params: int | None = None
+    seconds: float = 0.0
+    pruned: bool = False
+    metric: str | None = None  # the run's primary metric at the time it finished
+    mean: float | None = None  # its mean over seeds (None: failed or not scored)
+    ci95: tuple[float, float] | None = None  # Student-t 95% interval (None from one seed)
+
+    def summary(self, metric: str) -> MetricSummary | None:
+        """``metric`` over seeds, or None when the candidate has no such score."""
+        return metric_summary(self.scores, metric)
+
+    def value(self, metric: str) -> float | None:
+        """Mean of ``metric`` over seeds; None when failed, unscored or not finite."""
+        summary = self.summary(metric)
+        if self.status != "passed" or summary is None or not math.isfinite(summary.mean):
+            return None
+        return summary.mean
+
+    def val_curve(self) -> tuple[float, ...]:
+        """Val accuracy per epoch, averaged over the seeds that reached that epoch."""
+        by_epoch: dict[int, list[float]] = {}
+        for curve in self.curves.values():
+            for stats in curve:
+                by_epoch.setdefault(stats.epoch, []).append(stats.val_acc)
+        return tuple(math.fsum(v) / len(v) for _, v in sorted(by_epoch.items()))
+
+    def outcome(self, metric: str) -> Outcome:
+        """The planner's view of this finished candidate, scored on ``metric``."""
+        if self.status not in FINISHED:
+            raise ValueError(f"candidate {self.id} is {self.status}, not finished")
+        summary = self.summary(metric)
+        ci = None
+        if summary is not None and summary.ci95_low is not None and summary.ci95_high is not None:
+            ci = (summary.ci95_low, summary.ci95_high)
+        return Outcome(
+            candidate_id=self.id, proposal=self.proposal, status=self.status,  # type: ignore[arg-type]
+            metric=metric if summary is not None else None,
+            mean=summary.mean if summary is not None else None, ci95=ci,
+            failure_kind=self.failure.kind if self.failure else None,
+            failure_message=self.failure.message if self.failure else None,
+            val_curve=self.val_curve(), params=self.params, seconds=self.seconds,
+            pruned=self.pruned,
+        )  # fmt: skip
+
+
+class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the run's history (run started, candidate finished, target met, ...)."""
+
+    seq: int
+    time: float
+    kind: str
+    message: str
+    payload: dict[str, Any] = {}
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The run row: settings, status, times and the dataset facts once known."""
+
+    settings: RunSettings
+    status: RunStatus
+    started: float
+    finished: float | None = None
+    dataset: dict[str, Any] | None = None  # DatasetFacts as plain JSON
+    message: str = ""  # why the run stopped
+
+
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of ``researcher ls``."""
+
+    name: str
+    path: str
+    status: str  # a RunStatus, or "unreadable"
+    started: float | None = None
+    finished: float | None = None
+    goal: str = ""
+    dataset: str = ""
+    metric: str = "accuracy"
+    candidates: int = 0
+    passed: int = 0
+    failed: int = 0
+    best_id: str | None = None
+    best_mean: float | None = None
+    best_ci95: tuple[float, float] | None = None
+    target_met: bool = False
+    error: str = ""  # why an unreadable run could not be read

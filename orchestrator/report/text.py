@@ -1,0 +1,179 @@
+"""Plain-text pieces both renderers share: numbers, intervals, times, configs, outcome lines.
+
+Nothing here escapes: the renderers escape every piece (they come in part from
+models and LLMs, so they are untrusted).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import msgspec
+
+from evaluator.metrics import MetricSummary
+from orchestrator.registry import CandidateRecord
+from orchestrator.report.content import ReportData
+
+#: Metrics shown in the best model's table, in this order (those present).
+DETAIL_METRICS = ("accuracy", "balanced_accuracy", "top3_accuracy", "top5_accuracy", "f1_macro",
+                  "f1_weighted", "precision_macro", "recall_macro", "auroc_macro",
+                  "average_precision_macro", "calibration_error", "nll")
+
+
+def num(value: float | None, digits: int = 4) -> str:
+    """A number with ``digits`` decimals; an en dash for none, NaN and infinities spelled."""
+    if value is None:
+        return "–"
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.{digits}f}"
+
+
+def ci(summary: MetricSummary | None) -> str:
+    """``[low, high]``, or a note when one seed gives no interval."""
+    if summary is None:
+        return "–"
+    if summary.ci95_low is None or summary.ci95_high is None:
+        return "n/a (one seed)"
+    return f"[{num(summary.ci95_low)}, {num(summary.ci95_high)}]"
+
+
+def seconds(value: float | None) -> str:
+    """``42.1 s``, ``3 min 20 s`` or ``1 h 05 min``."""
+    if value is None:
+        return "–"
+    if value < 60:
+        return f"{value:.1f} s"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60):02d} s"
+    return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
+
+
+def when(stamp: float | None) -> str:
+    """A unix time as ``2026-11-25 09:30:00 UTC``."""
+    if stamp is None:
+        return "–"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+
+
+def params(value: int | None) -> str:
+    """A parameter count with thousands separators."""
+    return "–" if value is None else f"{value:,}"
+
+
+def layers(record: CandidateRecord) -> str:
+    """The layer config in one line (``conv2d(out_channels=16) → relu``), or a source note."""
+    config = record.proposal.config
+    if config is None:
+        return f"free-form source (class {record.proposal.class_name})"
+    parts = []
+    for layer in config.layers:
+        fields = msgspec.to_builtins(layer)
+        kind = fields.pop("type")
+        args = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        parts.append(f"{kind}({args})" if args else kind)
+    return " → ".join(parts) or "(no layers)"
+
+
+def training(record: CandidateRecord) -> str:
+    """The train settings in one line."""
+    t = record.proposal.train
+    return (f"{t.optimizer} lr={t.lr:g} wd={t.weight_decay:g} batch={t.batch_size} "
+            f"epochs≤{t.epochs} patience={t.patience} seeds={list(t.seeds)}")
+
+
+def epochs_run(record: CandidateRecord) -> str:
+    """Epochs actually trained (max over seeds), or a dash."""
+    counts = [len(c) for c in record.curves.values() if c]
+    return str(max(counts)) if counts else "–"
+
+
+def result(record: CandidateRecord, metric: str) -> str:
+    """A candidate's result in a few words: its mean metric, or its failure kind."""
+    if record.status == "failed" and record.failure is not None:
+        return f"failed: {record.failure.kind.value}"
+    value = record.value(metric)
+    if value is not None:
+        return f"{metric} {num(value)}" + (" (pruned)" if record.pruned else "")
+    return record.status + (" (pruned)" if record.pruned else "")
+
+
+def target(data: ReportData) -> str:
+    """``accuracy ≥ 0.9900`` or ``accuracy, no threshold``."""
+    t = data.run.settings.target
+    if t.threshold is None:
+        return f"best {t.metric} ({'higher' if t.direction == 'maximize' else 'lower'} is better), no threshold"
+    return f"{t.metric} {'≥' if t.direction == 'maximize' else '≤'} {num(t.threshold)}"
+
+
+def outcome(data: ReportData) -> str:
+    """One sentence: target met or not, by whom, with what mean and interval."""
+    best = data.best
+    if best is None:
+        return f"No candidate passed ({data.count('failed')} failed); no model to report."
+    summary = best.summary(data.metric)
+    head = ("Target met" if data.target_met else
+            "Target not met" if data.run.settings.target.threshold is not None else "Best result")
+    return (f"{head}: candidate {best.id} reached mean test {data.metric} {num(summary.mean if summary else None)} "
+            f"(95% CI {ci(summary)}) over {len(best.scores.seeds) if best.scores else 0} seed(s).")
+
+
+def headline_accuracy(data: ReportData) -> str | None:
+    """The best's mean test accuracy with its CI, when the primary metric is another one."""
+    if data.best is None or data.metric == "accuracy":
+        return None
+    summary = data.best.summary("accuracy")
+    if summary is None:
+        return None
+    return f"mean test accuracy {num(summary.mean)} (95% CI {ci(summary)})"
+
+
+def dataset_lines(data: ReportData) -> list[tuple[str, str]]:
+    """(label, value) facts of the dataset, those known."""
+    facts: dict[str, Any] = data.dataset
+    settings = data.run.settings
+    rows = [("dataset", str(facts.get("name") or settings.dataset))]
+    if "input_shape" in facts:
+        rows.append(("input shape", " × ".join(str(v) for v in facts["input_shape"])))
+    if "num_classes" in facts:
+        rows.append(("classes", str(facts["num_classes"])))
+    if "n_train" in facts:
+        rows.append(("split (train / val / test)",
+                     f"{facts.get('n_train', 0):,} / {facts.get('n_val', 0):,} / {facts.get('n_test', 0):,}"))
+    if facts.get("content_hash"):
+        rows.append(("content hash", str(facts["content_hash"])))
+    return rows
+
+
+def run_lines(data: ReportData) -> list[tuple[str, str]]:
+    """(label, value) facts of the run: status, target, planner, budgets, times, throughput."""
+    s = data.run.settings
+    finished = data.count("passed") + data.count("failed")
+    rate = f"{finished / (data.wall_s / 60):.2f}" if data.wall_s and finished else "–"
+    planner = s.planner + (f" ({s.llm_model or 'default model'} at {s.llm_base_url})"
+                           if s.planner == "llm" else "")
+    budgets = [f"{s.max_candidates} candidates" if s.max_candidates else "",
+               seconds(s.time_budget_s) if s.time_budget_s else ""]
+    return [
+        ("status", data.run.status + (f" ({data.run.message})" if data.run.message else "")),
+        ("target", target(data)),
+        ("planner", planner),
+        ("budget", ", ".join(b for b in budgets if b) or "none"),
+        ("seeds", ", ".join(map(str, s.seeds))),
+        ("device / runtime", f"{s.device} / {s.runtime}"),
+        ("started", when(data.run.started)),
+        ("wall time (running)", seconds(data.wall_s)),
+        ("candidates", f"{len(data.records)} ({data.count('passed')} passed, "
+                       f"{data.count('failed')} failed), {rate} per minute"),
+    ]
+
+
+def metric_rows(record: CandidateRecord) -> list[MetricSummary]:
+    """The best model's metrics worth a table row, in a fixed order."""
+    if record.scores is None:
+        return []
+    return [record.scores.metrics[m] for m in DETAIL_METRICS if m in record.scores.metrics]

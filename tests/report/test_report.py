@@ -1,0 +1,136 @@
+"""Reports from a registry of realistic records: content, escaping, inlined images."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from orchestrator.registry import EventRecord, Registry, RunInfo
+from orchestrator.report import write_reports
+from orchestrator.report.content import running_seconds
+from sandbox_image.protocol import FailureKind
+from tests.registry import factories as f
+
+HOSTILE = f.SOURCE + "# </code></pre><script>alert('pwned')</script>\n# ```` fence\n"
+DATASET = {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10, "n_train": 1149,
+           "n_val": 287, "n_test": 361, "content_hash": "feedc0ffee1234"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run: three passed candidates (the best with hostile source), failures, LLM calls."""
+    run_dir = tmp_path_factory.mktemp("reports") / "run_report"
+    with Registry.create(run_dir, f.settings(planner="llm", llm_model="smollm2"), plots=False) as reg:
+        reg.set_dataset(DATASET)
+        f.add_passed(reg, 1.0)
+        f.add_failed(reg, FailureKind.SHAPE_MISMATCH, "got (2, 12) <img src=x onerror=alert(1)>")
+        f.add_passed(reg, 3.0, width=32, source=HOSTILE)
+        f.add_failed(reg, FailureKind.TIMEOUT, "training exceeded 300 s")
+        f.add_failed(reg, FailureKind.SHAPE_MISMATCH, "mat1 and mat2 shapes cannot be multiplied")
+        f.add_passed(reg, 2.0, width=24)
+        reg.record_llm_call(f.llm_call())
+        reg.record_llm_call(f.llm_call(error="HTTP 500 <b>boom</b>"))
+        reg.log_event("target_met", "accuracy reached the target")
+        reg.set_status("finished", "target met")
+    write_reports(run_dir)
+    return run_dir
+
+
+def _best(run_dir: Path):  # type: ignore[no-untyped-def]
+    with Registry.open(run_dir, readonly=True) as reg:
+        return reg.best()
+
+
+def test_html_is_self_contained_with_inlined_images(run: Path) -> None:
+    page = (run / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 3  # leaderboard, confusion matrix, learning curves
+    for uri in images:
+        assert uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<script" not in page.lower() and "href=" not in page and "<link" not in page
+    assert re.findall(r'src="(?!data:)', page) == []
+
+
+def test_html_escapes_untrusted_text(run: Path) -> None:
+    page = (run / "report.html").read_text()
+    assert "&lt;/code&gt;&lt;/pre&gt;&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
+    assert "HTTP 500 &lt;b&gt;boom&lt;/b&gt;" in page
+
+
+def test_reports_show_the_leaderboard_with_cis(run: Path) -> None:
+    best = _best(run)
+    low, high = best.ci95
+    for name in ("report.md", "report.html"):
+        doc = (run / name).read_text()
+        assert f"{best.mean:.4f}" in doc and f"{low:.4f}, {high:.4f}" in doc, name
+        assert "Leaderboard" in doc and "95% CI" in doc
+        assert "Target met" in doc if best.mean >= 0.9 else "Target not met" in doc
+        assert "feedc0ffee1234" in doc and "Planner steps" in doc
+        assert "a small CNN to start from" in doc  # rationale per step
+    md = (run / "report.md").read_text()
+    board = md[md.index("## Leaderboard"):md.index("## Best model")]
+    ranks = re.findall(r"^\| (\d) \| (c\d+) \|", board, re.MULTILINE)
+    assert [r for r, _ in ranks] == ["1", "2", "3"] and ranks[0][1] == best.id
+
+
+def test_failures_are_grouped_by_kind(run: Path) -> None:
+    md = (run / "report.md").read_text()
+    assert "### shape\\_mismatch (2)" in md and "### timeout (1)" in md
+    assert md.index("shape\\_mismatch (2)") < md.index("timeout (1)")  # most common first
+    page = (run / "report.html").read_text()
+    assert "mat1 and mat2 shapes cannot be multiplied" in page
+
+
+def test_llm_summary(run: Path) -> None:
+    page = (run / "report.html").read_text()
+    assert "LLM calls" in page and "240 / 80" in page  # prompt / completion tokens of 2 calls
+
+
+def test_markdown_source_fence_cannot_be_closed_early(run: Path) -> None:
+    md = (run / "report.md").read_text()
+    block = re.search(r"^(`{5,})python\n(.*?)\n\1$", md, re.MULTILINE | re.DOTALL)
+    assert block is not None and block.group(2) == HOSTILE.rstrip()
+    outside = md.replace(block.group(0), "")
+    assert "<script" not in outside and "<img" not in outside.replace("![", "")
+
+
+def test_reports_rebuild_figures_from_the_registry_alone(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    for folder in ("candidates", "figures"):
+        shutil.rmtree(copy / folder)
+    (copy / "report.html").unlink()
+    md, page = write_reports(copy)
+    assert len(re.findall(r'<img src="data:image/png', page.read_text())) == 3
+    for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text()):
+        assert (copy / ref).is_file(), ref
+
+
+def test_reports_of_runs_without_results(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    Registry.create(empty, f.settings(), plots=False).close()
+    md, page = write_reports(empty)
+    assert "No candidate passed" in md.read_text() and "LLM calls" not in page.read_text()
+    failed = tmp_path / "failed"
+    with Registry.create(failed, f.settings(), plots=False) as reg:
+        f.add_failed(reg)
+        md, page = write_reports(failed)  # while the writer still holds the run
+    assert "No candidate passed (1 failed)" in page.read_text()
+    assert "shape\\_mismatch (1)" in md.read_text()
+
+
+def test_wall_time_leaves_out_the_time_a_run_was_dead() -> None:
+    def ev(t: float, kind: str) -> EventRecord:
+        return EventRecord(seq=int(t), time=t, kind=kind, message="")
+
+    run = RunInfo(settings=f.settings(), status="finished", started=100.0, finished=1060.0)
+    events = [ev(100, "run_started"), ev(130, "candidate_finished"),  # killed after 30 s
+              ev(1000, "interrupted"), ev(1000, "resumed"), ev(1050, "candidate_finished"),
+              ev(1060, "run_finished")]
+    assert running_seconds(run, events) == 30 + 60
