@@ -87,7 +87,10 @@ class ResearchLoop:
                 for future in in_flight:
                     future.cancel()
                 raise
-        return self.state.stop_reason
+        reason = self.state.stop_reason
+        kind = "target_met" if reason.startswith("target met") else "budget_spent" if "budget" in reason else "planner_done"
+        self.registry.log_event(kind, reason)
+        return reason
 
     def stop_reason(self) -> str:
         """Why the loop must not start another candidate ('' = go on)."""

@@ -16,8 +16,8 @@ from orchestrator.planning.types import METRIC_DIRECTIONS, Target
 #: Metric names as people write them -> the loop's metric name. Longest first, so
 #: "balanced accuracy" wins over "accuracy" and "pr-auc" over "auc".
 _SYNONYMS: dict[str, str] = {
-    "balanced accuracy": "balanced_accuracy",
-    "balanced_accuracy": "balanced_accuracy",
+    "balanced accuracy": "recall_macro",  # balanced accuracy is the macro mean of per-class recall
+    "balanced_accuracy": "recall_macro",
     "top-1 accuracy": "accuracy",
     "top1 accuracy": "accuracy",
     "accuracy": "accuracy",

@@ -290,7 +290,6 @@ Direction = Literal["maximize", "minimize"]
 #: Metrics the loop can score, with their natural direction.
 METRIC_DIRECTIONS: dict[str, Direction] = {
     "accuracy": "maximize",
-    "balanced_accuracy": "maximize",
     "f1_macro": "maximize",
     "f1_weighted": "maximize",
     "precision_macro": "maximize",
