@@ -243,6 +243,38 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------- bench
+
+
+def add_bench_parser(sub) -> None:
+    """`researcher bench`."""
+    p = sub.add_parser("bench", help="measure what isolation costs: direct vs cold sandbox vs warm pool",
+                       description="Train the same fixed set of small digits candidates directly in this process, "
+                                   "in one cold container per job, and through the warm pool; print wall times, "
+                                   "overhead_ratio (warm / direct), hand-off latency, candidates per minute and "
+                                   "peak memory per container.")
+    p.add_argument("--candidates", type=int, default=12, help="size of the fixed set (default: 12)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default: 3)")
+    p.add_argument("--parallel", type=int, default=2, help="also run the warm pool with this many at once (default: 2)")
+    p.add_argument("--memory", default="2g", help="memory cap per container (default: 2g)")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image (default: {DEFAULT_IMAGE})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run `researcher bench`."""
+    from orchestrator.bench import bench, print_report
+
+    if args.candidates < 1 or args.epochs < 1 or args.parallel < 1:
+        raise UsageError("--candidates, --epochs and --parallel must be >= 1")
+    report = bench(count=args.candidates, epochs=args.epochs, parallel=args.parallel,
+                   backend_factory=docker_backend_factory(args.image), image=args.image, memory=args.memory,
+                   progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print_report(report, as_json=args.json)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------- cleanup
 
 
@@ -273,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_resume_parser(sub)
     add_report_parser(sub)
     add_check_parser(sub)
+    add_bench_parser(sub)
     try:
         from orchestrator.image import add_image_parser
     except ImportError:  # pragma: no cover - during development only

@@ -178,6 +178,20 @@ class DockerSandbox:
         except docker.errors.DockerException:
             pass  # already stopped: the waiter thread reports how
 
+    def peak_memory(self) -> int | None:
+        """Peak memory of the container so far in bytes, from its cgroup (None if unreadable)."""
+        if self._container is None:
+            return None
+        cid = self._container.id
+        for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.max_usage_in_bytes",  # cgroup v1
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.peak",  # v2, systemd driver
+                     f"/sys/fs/cgroup/docker/{cid}/memory.peak"):  # v2, cgroupfs driver
+            try:
+                return int(Path(path).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     def logs(self, tail: int = 50) -> str:
         """The last lines of the container's output."""
         if self._container is None:

@@ -63,6 +63,7 @@ class JobResult:
     startup_seconds: float = 0.0
     handoff_seconds: float = 0.0  # Job sent -> first message back
     stopped: bool = False  # the caller stopped it (e.g. pruning); no failure, no full result
+    peak_memory_bytes: int | None = None  # of the sandbox, where the backend can tell
 
     @property
     def status(self) -> str:
@@ -278,6 +279,8 @@ class _Session:
                 raise _Stop
             if done:
                 break
+        peak = getattr(self.sandbox, "peak_memory", None)
+        self.result.peak_memory_bytes = peak() if peak is not None else None
         # After Done nothing more is needed from the worker; after a Failure, give the
         # kernel a moment to report an OOM kill that may be its real cause.
         status = self.sandbox.wait_exit(_EXIT_GRACE_S if self.result.failure is not None else 0.5)
