@@ -1,0 +1,32 @@
+"""LLM access: an OpenAI-compatible client, its records and errors, tolerant extraction."""
+
+from orchestrator.llm.client import LLMClient, chat_url, is_strict_schema
+from orchestrator.llm.errors import (
+    LLMBadResponse,
+    LLMError,
+    LLMRejected,
+    LLMTimeout,
+    LLMUnavailable,
+)
+from orchestrator.llm.extract import extract_json_object, extract_python
+from orchestrator.llm.records import ChatMessage, ChatResult, FormatMode, LLMCall
+from orchestrator.llm.retry import RetryPolicy, parse_retry_after
+
+__all__ = [
+    "ChatMessage",
+    "ChatResult",
+    "FormatMode",
+    "LLMBadResponse",
+    "LLMCall",
+    "LLMClient",
+    "LLMError",
+    "LLMRejected",
+    "LLMTimeout",
+    "LLMUnavailable",
+    "RetryPolicy",
+    "chat_url",
+    "extract_json_object",
+    "extract_python",
+    "is_strict_schema",
+    "parse_retry_after",
+]

@@ -1,0 +1,347 @@
+"""The LLM planner: an OpenAI-compatible model proposes, repairs and is kept in bounds.
+
+``LLMPlanner`` implements the ``Planner`` protocol. Each ``propose`` asks the model for
+one candidate as JSON (structured output where the server has it): in ``"config"`` mode
+a layer config for the deterministic assembler, in ``"source"`` mode a full
+``nn.Module`` class (the *LLM assembler*). A failed candidate goes back to the model as a
+repair task, at most ``repair_budget`` times per lineage. ``LLMAssembler`` turns a reply
+into a ``Proposal``: tolerant extraction, every value coerced into bounds and noted
+(SmolLM2 proposes width 0 and lr 10), the config checked to fit the input. A reply that
+still cannot be used gets ``correction_rounds`` follow-ups; an LLM that is down or keeps
+answering nonsense costs one candidate: ``propose`` returns a safe fallback proposal
+whose ``params["origin"] == "fallback"`` and ``params["llm_error"]`` say why. Nothing
+the LLM does raises out of ``propose``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from orchestrator.exceptions import ResearcherError
+from orchestrator.llm import prompts
+from orchestrator.llm.client import LLMClient
+from orchestrator.llm.errors import LLMBadResponse, LLMError
+from orchestrator.llm.extract import extract_json_object, extract_python
+from orchestrator.llm.records import ChatMessage
+from orchestrator.llm.schema import coerce_to_schema, compact_schema
+from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze, render
+from orchestrator.planning.space import epoch_range
+from orchestrator.planning.types import (
+    SPATIAL_LAYERS,
+    BatchNorm,
+    Conv2d,
+    DatasetFacts,
+    Dropout,
+    GlobalAvgPool,
+    InvalidConfig,
+    Linear,
+    MaxPool,
+    ModelConfig,
+    Outcome,
+    Planner,
+    Proposal,
+    ReLU,
+    Target,
+    model_config_json_schema,
+    parse_model_config,
+    parse_train_spec,
+)
+from sandbox_image.protocol import FailureKind, TrainSpec
+
+Mode = Literal["config", "source"]
+
+#: Failures a model change can fix; the others are the sandbox's or an attack.
+REPAIRABLE = frozenset(FailureKind) - {FailureKind.SANDBOX_UNAVAILABLE,
+                                       FailureKind.PROTOCOL_VIOLATION}
+_WIDTH_FIELDS = ("out_channels", "out_features", "channels")
+_MAX_SOURCE_CHARS = 100_000
+_SOURCE_TASK = (
+    "Write one complete PyTorch model. The JSON field python holds the whole module: imports "
+    "(torch, torch.nn, torch.nn.functional), helper classes if any, and one nn.Module class "
+    "named class_name whose __init__ takes no required arguments and whose forward(x) maps a "
+    "batch x of shape (B, {shape}) to logits of shape (B, {k}).")
+_CONFIG_TASK = (
+    "Design the hidden layers of a classifier for inputs of shape ({shape}) as a list of "
+    "layers; the final linear layer to {k} classes is added for you, do not add it.")
+
+
+@dataclass(frozen=True)
+class TrainBounds:
+    """Ranges the planner lets the LLM choose training settings in (tighter than TrainSpec's)."""
+
+    epochs: tuple[int, int] = (1, 50)
+    batch_size: tuple[int, int] = (8, 512)
+    lr: tuple[float, float] = (1e-5, 0.05)
+    weight_decay: tuple[float, float] = (0.0, 0.1)
+    min_width: int = 8  # channels/features below this are raised to it
+
+    def schema(self, defaults: TrainSpec) -> dict[str, Any]:
+        """JSON schema of the settings the LLM may choose, with these bounds."""
+        def num(kind: str, bounds: tuple[float, float], default: float) -> dict[str, Any]:
+            return {"type": kind, "minimum": bounds[0], "maximum": bounds[1], "default": default}
+        epochs = min(max(defaults.epochs, self.epochs[0]), self.epochs[1])
+        return {
+            "type": "object",
+            "properties": {
+                "epochs": num("integer", self.epochs, epochs),
+                "batch_size": num("integer", self.batch_size, defaults.batch_size),
+                "lr": num("number", self.lr, defaults.lr),
+                "optimizer": {"enum": ["adamw", "adam", "sgd"], "default": defaults.optimizer},
+                "weight_decay": num("number", self.weight_decay, defaults.weight_decay),
+            },
+            "required": ["epochs", "batch_size", "lr", "optimizer"],
+            "additionalProperties": False,
+        }
+
+
+def default_config(facts: DatasetFacts, variant: int = 0) -> ModelConfig:
+    """A known-good small model for the data; ``variant`` varies its width."""
+    width = (32, 64, 16, 128)[variant % 4]
+    if facts.is_image:
+        pool = [MaxPool(kernel=2)] if min(facts.input_shape[1:]) >= 4 else []
+        layers = [Conv2d(out_channels=width), BatchNorm(), ReLU(), *pool,
+                  Conv2d(out_channels=2 * width), BatchNorm(), ReLU(), GlobalAvgPool(),
+                  Dropout(p=0.2)]
+    else:
+        layers = [Linear(out_features=4 * width), ReLU(), Dropout(p=0.1),
+                  Linear(out_features=2 * width), ReLU()]
+    return ModelConfig(layers=tuple(layers), name=f"default{variant}")
+
+
+class LLMAssembler:
+    """Turns a model's reply into a validated, bounded ``Proposal`` (config or source mode)."""
+
+    def __init__(self, facts: DatasetFacts, *, mode: Mode = "config",
+                 train_defaults: TrainSpec = TrainSpec(), bounds: TrainBounds | None = None,
+                 max_params: int = DEFAULT_MAX_PARAMS) -> None:
+        if mode not in ("config", "source"):
+            raise ValueError(f"mode must be 'config' or 'source', got {mode!r}")
+        self.facts, self.mode, self.max_params = facts, mode, max_params
+        self.train_defaults = train_defaults
+        self.bounds = bounds or TrainBounds(epochs=epoch_range(facts))
+        self.schema = self._schema()
+
+    def _schema(self) -> dict[str, Any]:
+        train = self.bounds.schema(self.train_defaults)
+        props: dict[str, Any] = {"rationale": {"type": "string", "maxLength": 400}}
+        if self.mode == "source":
+            props |= {"class_name": {"type": "string"}, "python": {"type": "string"}}
+            return {"type": "object", "properties": {**props, "train": train},
+                    "required": ["rationale", "class_name", "python", "train"],
+                    "additionalProperties": False}
+        config = _config_schema(self.facts, self.bounds.min_width)
+        return {"type": "object",
+                "properties": {**props, "config": {"$ref": config["$ref"]}, "train": train},
+                "required": ["rationale", "config", "train"], "additionalProperties": False,
+                "$defs": config["$defs"]}
+
+    def system_prompt(self) -> str:
+        """What the model is asked to do, the allowed values, and a worked example."""
+        train_text = prompts.describe_object(self.schema["properties"]["train"], self.schema)
+        config = default_config(self.facts)
+        example: dict[str, Any] = {"rationale": "A small, regularised baseline to start from."}
+        k, shape = self.facts.num_classes, ", ".join(map(str, self.facts.input_shape))
+        if self.mode == "source":
+            task, layers = _SOURCE_TASK.format(shape=shape, k=k), ""
+            example |= {"class_name": "Net", "python": render(
+                config, input_shape=self.facts.input_shape, num_classes=k)}
+        else:
+            task = _CONFIG_TASK.format(shape=shape, k=k)
+            layers = prompts.describe_layers(self.schema["properties"]["config"], self.schema)
+            layers_json = [{k: v for k, v in layer.items() if v is not None}
+                           for layer in msgspec.to_builtins(config.layers)]
+            example["config"] = {"layers": layers_json}
+        example["train"] = {"epochs": self.schema["properties"]["train"]["properties"]["epochs"]
+                            ["default"], "batch_size": 64, "lr": 0.001, "optimizer": "adamw"}
+        return prompts.system_prompt(task, layers, train_text, example)
+
+    def build(self, text: str) -> tuple[Proposal, list[str]]:
+        """The proposal in ``text`` and notes of what was bounded; LLMBadResponse/InvalidConfig."""
+        raw = extract_json_object(text)
+        if self.mode == "config" and "config" not in raw and "layers" in raw:
+            raw["config"] = {"layers": raw.pop("layers")}  # a common slip of small models
+        data, notes = coerce_to_schema(raw, self.schema)
+        train = self.train_spec(data.get("train"))
+        rationale = str(data.get("rationale", "")).strip()
+        if self.mode == "source":
+            source = extract_python(text)
+            class_name = self._class_name(source, data.get("class_name"), notes)
+            return Proposal(source=source, class_name=class_name, train=train,
+                            rationale=rationale), notes
+        config = parse_model_config({"name": "llm", **(data.get("config") or {"layers": []})})
+        if not config.layers:
+            raise InvalidConfig("the config has no layers; give at least one hidden layer")
+        analyze(config, input_shape=self.facts.input_shape, num_classes=self.facts.num_classes,
+                max_params=self.max_params)
+        return Proposal(config=config, train=train, rationale=rationale), notes
+
+    def train_spec(self, fields: Any = None) -> TrainSpec:
+        """The run's train defaults with the (already bounded) fields the LLM chose."""
+        props = self.schema["properties"]["train"]["properties"]
+        chosen = {k: spec["default"] for k, spec in props.items() if "default" in spec}
+        chosen |= fields if isinstance(fields, dict) else {}
+        return parse_train_spec(msgspec.structs.replace(self.train_defaults, **chosen))
+
+    def _class_name(self, source: str, wanted: Any, notes: list[str]) -> str:
+        """The class to instantiate; the one the model named, else its only/last class."""
+        if len(source) > _MAX_SOURCE_CHARS:
+            raise LLMBadResponse(f"the source is {len(source):,} characters; keep it under "
+                                 f"{_MAX_SOURCE_CHARS:,}")
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            raise LLMBadResponse(f"the python field does not parse: line {exc.lineno}: "
+                                 f"{exc.msg}") from exc
+        classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+        if not classes:
+            raise LLMBadResponse("the python field defines no class; define one nn.Module class")
+        if isinstance(wanted, str) and wanted in classes:
+            return wanted
+        chosen = classes[-1]  # helpers come first; the model is usually the last class
+        notes.append(f"class_name {wanted!r} is not defined; using {chosen!r}")
+        return chosen
+
+
+def _config_schema(facts: DatasetFacts, min_width: int) -> dict[str, Any]:
+    """ModelConfig's schema, compacted, without ``name``, limited to layers that fit the data."""
+    schema = compact_schema(model_config_json_schema())
+    defs = schema["$defs"]
+    defs["ModelConfig"]["properties"].pop("name", None)
+    spatial = {cls.__name__ for cls in SPATIAL_LAYERS} | {"Flatten"}
+    items = defs["ModelConfig"]["properties"]["layers"]["items"]
+    if not facts.is_image:
+        items["anyOf"] = [r for r in items["anyOf"] if r["$ref"].rsplit("/", 1)[1] not in spatial]
+        for name in spatial:
+            defs.pop(name, None)
+    for layer in defs.values():
+        for field in _WIDTH_FIELDS:
+            if field in layer.get("properties", {}):
+                layer["properties"][field]["minimum"] = min_width
+    return schema
+
+
+class LLMPlanner:
+    """Planner over an ``LLMClient``; see the module docstring. Satisfies ``Planner``."""
+
+    def __init__(self, client: LLMClient, facts: DatasetFacts, target: Target | None = None,
+                 goal: str = "", *, mode: Mode = "config", repair_budget: int = 2,
+                 correction_rounds: int = 1, train_defaults: TrainSpec = TrainSpec(),
+                 bounds: TrainBounds | None = None, max_params: int = DEFAULT_MAX_PARAMS,
+                 history_limit: int = 8, temperature: float = 0.4,
+                 max_tokens: int | None = None, fallback: Planner | None = None) -> None:
+        if repair_budget < 0 or correction_rounds < 0:
+            raise ValueError("repair_budget and correction_rounds must be >= 0")
+        self.client, self.facts, self.target = client, facts, target
+        self.goal = goal or f"the best classifier for {facts.name}"
+        self.assembler = LLMAssembler(facts, mode=mode, train_defaults=train_defaults,
+                                      bounds=bounds, max_params=max_params)
+        self.repair_budget, self.correction_rounds = repair_budget, correction_rounds
+        self.history_limit, self.temperature = history_limit, temperature
+        self.max_tokens = max_tokens or (2048 if mode == "source" else 768)
+        self.fallback = fallback
+        self.last_error: str = ""  # why the latest proposal fell back; empty when it did not
+        self._system = self.assembler.system_prompt()
+        self._sent_for_repair: set[str] = set()
+        self._count = 0
+
+    @property
+    def mode(self) -> Mode:
+        """"config" or "source"."""
+        return self.assembler.mode
+
+    def propose(self, history: Sequence[Outcome]) -> Proposal | None:
+        """A repair of the latest repairable failure, else a new candidate; never raises."""
+        self._count = max([self._count, *(_ref_number(o.proposal.ref) for o in history)]) + 1
+        failed = self._repairable(history)
+        if failed is not None:
+            self._sent_for_repair.add(failed.candidate_id)
+            messages = prompts.repair_messages(self._system, self.goal, self.facts, failed)
+            origin, parent = "repair", failed.candidate_id
+        else:
+            messages = prompts.propose_messages(self._system, self.goal, self.facts,
+                                                self.target, history, limit=self.history_limit)
+            origin, parent = "propose", None
+        try:
+            proposal = self._ask(messages, origin, parent)
+        except (LLMError, InvalidConfig) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return self._fallback(history)
+        self.last_error = ""
+        return proposal
+
+    def observe(self, outcome: Outcome) -> None:
+        """Pass outcomes on to the fallback planner; the history carries the rest."""
+        if self.fallback is not None:
+            self.fallback.observe(outcome)
+
+    def _repairable(self, history: Sequence[Outcome]) -> Outcome | None:
+        """The latest failure that is fixable, not yet sent back, and within the budget."""
+        parents = {o.candidate_id: o.proposal.parent for o in history}
+        repaired = {p for p in parents.values() if p} | self._sent_for_repair
+        for outcome in reversed(history):
+            if (outcome.status == "failed" and outcome.candidate_id not in repaired
+                    and (outcome.failure_kind is None or outcome.failure_kind in REPAIRABLE)
+                    and _depth(outcome.candidate_id, parents) < self.repair_budget):
+                return outcome
+        return None
+
+    def _ask(self, messages: list[ChatMessage], origin: str, parent: str | None) -> Proposal:
+        """Ask, build, and on an unusable reply say what was wrong, ``correction_rounds`` times."""
+        problem = ""
+        for _ in range(self.correction_rounds + 1):
+            result = self.client.chat(messages, schema=self.assembler.schema,
+                                      schema_name="candidate", temperature=self.temperature,
+                                      max_tokens=self.max_tokens, purpose=origin)
+            try:
+                proposal, notes = self.assembler.build(result.text)
+            except (LLMBadResponse, InvalidConfig) as exc:
+                problem = str(exc)
+                messages = [*messages, *prompts.correction_message(result.text, problem)]
+                continue
+            bounded = f" [bounded: {'; '.join(notes)}]" if notes else ""
+            params = {"origin": origin, "response_format": result.response_format.value,
+                      "llm_attempts": result.attempts, "bounded": len(notes)}
+            return msgspec.structs.replace(
+                proposal, parent=parent, ref=f"llm:{self._count}", params=params,
+                rationale=(proposal.rationale or "(no rationale given)")[:400] + bounded)
+        raise LLMBadResponse(f"no usable candidate after {self.correction_rounds + 1} "
+                             f"replies; last problem: {problem}")
+
+    def _fallback(self, history: Sequence[Outcome]) -> Proposal | None:
+        """A safe proposal standing in for the LLM's (the fallback planner's, or a default)."""
+        why = f"LLM failed ({self.last_error[:300]})"
+        if self.fallback is not None:
+            try:
+                proposal = self.fallback.propose(history)
+            except ResearcherError as exc:  # the fallback's trouble must not end the run either
+                why += f"; fallback planner failed ({exc})"
+            else:
+                if proposal is None:
+                    return None
+                return msgspec.structs.replace(proposal, rationale=f"{why}; {proposal.rationale}")
+        config = default_config(self.facts, variant=self._count - 1)
+        train = self.assembler.train_spec()
+        return Proposal(config=config, train=train, ref=f"llm-fallback:{self._count}",
+                        rationale=f"{why}; a default {config.name} model stands in",
+                        params={"origin": "fallback", "llm_error": self.last_error[:500]})
+
+
+def _depth(candidate_id: str, parents: dict[str, str | None]) -> int:
+    """How many repairs led to ``candidate_id`` (cycles, which a resume could forge, stop it)."""
+    depth, seen, current = 0, set(), parents.get(candidate_id)
+    while current and current not in seen:
+        seen.add(current)
+        depth += 1
+        current = parents.get(current)
+    return depth
+
+
+def _ref_number(ref: str) -> int:
+    """N of our refs ``llm:N`` / ``llm-fallback:N`` (0 for others), so a resume continues."""
+    head, _, number = ref.rpartition(":")
+    return int(number) if head in ("llm", "llm-fallback") and number.isdigit() else 0
