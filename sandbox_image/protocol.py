@@ -21,6 +21,7 @@ refuses a worker that reports another version with a "rebuild the image" error.
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
 import msgspec
 
@@ -172,13 +173,18 @@ class Predictions(_Msg, kw_only=True):
     seconds: float = 0.0
 
 
+#: Caps of a Failure's text: a forged, huge message is a protocol violation, not 16 MB kept.
+MAX_FAILURE_MESSAGE = 8192
+MAX_FAILURE_TRACEBACK = 16384
+
+
 class Failure(_Msg, kw_only=True):
     """The job failed; ``kind`` is the contract, the rest is for humans."""
 
     stage: Stage
     kind: FailureKind
-    message: str
-    traceback: str = ""
+    message: Annotated[str, msgspec.Meta(max_length=MAX_FAILURE_MESSAGE)]
+    traceback: Annotated[str, msgspec.Meta(max_length=MAX_FAILURE_TRACEBACK)] = ""
 
 
 class Done(_Msg, kw_only=True):

@@ -30,6 +30,7 @@ class Channel:
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.HANDSHAKE_IVL, 2000)  # peers that never finish the ZMTP greeting go
         self._sock.bind(f"ipc://{self.path}")
         os.chmod(self.path, 0o666)  # the worker runs as uid 65534
         self._decoder = worker_decoder()
@@ -40,6 +41,14 @@ class Channel:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def seal(self) -> None:
+        """Remove the socket's file once the worker is connected: nothing else can connect.
+
+        The model runs only after this, so it cannot open a thousand connections
+        to the host's socket (each a file descriptor of the orchestrator's).
+        """
+        self.path.unlink(missing_ok=True)
 
     def send(self, job: Job) -> None:
         """Send the job (the worker is connected once it said Ready)."""

@@ -141,7 +141,10 @@ class DockerSandbox:
     def start(self) -> None:
         """Create and start the container, and watch for its exit in a thread."""
         try:
-            self._container = self._client.containers.run(**self._kwargs)
+            # create + start, not run: run() pulls a missing image from a registry.
+            create = {k: v for k, v in self._kwargs.items() if k != "detach"}
+            self._container = self._client.containers.create(**create)
+            self._container.start()
         except docker.errors.DockerException as exc:
             self._remove_by_name()
             raise _explain_create_error(exc, _config_from(self._kwargs)) from exc

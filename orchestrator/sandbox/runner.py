@@ -41,6 +41,9 @@ from sandbox_image.protocol import (
 )
 
 _POLL_S = 0.05
+#: Failure kinds only the host can observe; a worker that sends one is forging.
+HOST_ONLY_KINDS = frozenset({FailureKind.TIMEOUT, FailureKind.OUT_OF_MEMORY, FailureKind.CRASHED,
+                             FailureKind.SANDBOX_UNAVAILABLE})
 _MAX_MESSAGES = 20_000  # a worker that floods small messages is cut off
 _EXIT_GRACE_S = 5.0
 _SIGSEGV = 11
@@ -169,6 +172,7 @@ class Slot:
                 f"the sandbox image {self.config.image!r} speaks protocol {msg.protocol}, this "
                 f"orchestrator speaks {PROTOCOL_VERSION}: rebuild it with `researcher image build`"
             )
+        self.channel.seal()
         self.ready, self.ready_at = msg, time.monotonic()
         return True
 
@@ -302,6 +306,8 @@ class _Session:
             case Predictions() if self.result.check is not None:
                 self._check_predictions(msg, job)
                 self.result.predictions.append(msg)
+            case Failure() if msg.kind in HOST_ONLY_KINDS:
+                raise ProtocolViolation(f"the worker claimed a {msg.kind.value} failure, which only the host can observe")
             case Failure():
                 self.result.failure = msg
                 return True
@@ -370,7 +376,7 @@ class _Session:
             self._set_failure(FailureKind.OUT_OF_MEMORY, f"killed at the memory cap ({self.config.memory})", self.stage)
             return
         elapsed = time.monotonic() - self.start
-        where = f"in stage {self.stage.value}"
+        where = "while training" if self.stage is Stage.TRAIN else "before the model's check finished (import, instantiation or forward pass)"
         self._set_failure(
             FailureKind.TIMEOUT,
             f"no result within the {self.config.timeout_s:g} s limit ({where}, {elapsed:.1f} s after the job was sent); the sandbox was killed",
