@@ -166,6 +166,7 @@ def repair_messages(system: str, goal: str, facts: DatasetFacts, failed: Outcome
         f"Dataset: {describe_facts(facts)}",
         f"Candidate {failed.candidate_id} FAILED with {kind}:",
         message,
+        *([f"Traceback (end):\n{failed.failure_traceback.strip()[-_MESSAGE_CHARS:]}"] if failed.failure_traceback else []),
         shown,
         "Fix the cause of this failure and reply with the complete corrected candidate.",
     ])

@@ -261,6 +261,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     params: int | None = None  # parameter count from the check report
     seconds: float = 0.0
     pruned: bool = False  # training was stopped because the planner's report_epoch said so
+    failure_traceback: str = ""  # trimmed traceback from the sandbox, for repair prompts
 
 
 class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -93,6 +93,7 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
             mean=summary.mean if summary is not None else None, ci95=ci,
             failure_kind=self.failure.kind if self.failure else None,
             failure_message=self.failure.message if self.failure else None,
+            failure_traceback=self.failure.traceback if self.failure else "",
             val_curve=self.val_curve(), params=self.params, seconds=self.seconds,
             pruned=self.pruned,
         )  # fmt: skip
