@@ -112,3 +112,26 @@ def test_planner_gets_a_valid_bounded_proposal(client: LLMClient, calls: list[LL
     assert all(c.messages[0].role == "system" for c in calls)
     print(json.dumps({"rationale": proposal.rationale, "attempts": len(calls),
                       "format": client.response_format.value}))
+
+
+@pytest.mark.docker
+def test_a_short_researcher_run_against_the_real_server(llama_url: str, docker_client, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`researcher run` end to end: real LLM proposals, real Docker sandboxes, calls recorded."""
+    from orchestrator import cli
+    from orchestrator.registry import Registry
+
+    code = cli.main(["run", "--goal", "iris classifier with at least 99% accuracy", "--dataset", "iris",
+                     "--llm-base-url", llama_url, "--llm-model", "smollm2", "--max-candidates", "2",
+                     "--seeds", "1", "--runs-dir", str(tmp_path), "--name", "llm", "--cpus", "1"])
+    assert code == 0
+    with Registry.open(tmp_path / "llm", readonly=True) as registry:
+        records = registry.candidates()
+        calls = registry.llm_calls()
+        assert registry.settings.planner == "llm" and registry.run().status == "finished"
+    assert len(records) == 2 and all(r.status in ("passed", "failed") for r in records)
+    assert calls and all(c.model == "smollm2" for c in calls)
+    assert any(c.status == 200 and c.response for c in calls)  # the server answered at least once
+    assert all(r.proposal.rationale for r in records)
+    assert (tmp_path / "llm" / "report.html").exists()
+    assert "best:" in capsys.readouterr().out or any(r.status == "failed" for r in records)

@@ -60,3 +60,11 @@ def test_the_build_context_is_the_worker_only_and_its_hash_follows_content(tmp_p
 ])
 def test_split_tag(tag, expected):
     assert split_tag(tag) == expected
+
+
+def test_compose_builds_the_image_for_the_current_protocol():
+    import re
+
+    text = (project_root() / "compose.yaml").read_text()
+    assert re.search(r'PROTOCOL_VERSION: "(\d+)"', text).group(1) == str(PROTOCOL_VERSION)
+    assert "dockerfile: Dockerfile.sandbox" in text
