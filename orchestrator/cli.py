@@ -275,6 +275,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------- doctor
+
+
+def add_doctor_parser(sub) -> None:
+    """`researcher doctor`."""
+    p = sub.add_parser("doctor", help="what this host offers and what is missing, each with its fix")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image to check (default: {DEFAULT_IMAGE})")
+    p.add_argument("--data-dir", help="also look for datasets in this directory")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run `researcher doctor`: exit 0 when ready, 3 when something required is missing."""
+    from orchestrator.doctor import diagnose, print_table
+
+    return print_table(diagnose(image=args.image, data_dir=args.data_dir), sys.stdout)
+
+
 # ----------------------------------------------------------------------- cleanup
 
 
@@ -306,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_check_parser(sub)
     add_bench_parser(sub)
+    add_doctor_parser(sub)
     try:
         from orchestrator.image import add_image_parser
     except ImportError:  # pragma: no cover - during development only

@@ -1,0 +1,128 @@
+"""`researcher doctor`: one table of what this host offers and what is missing, with the fix."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.exceptions import SandboxUnavailable
+
+_MIN_FREE_GB = 10.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the doctor's table."""
+
+    check: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def check_engine() -> tuple[Finding, object | None]:
+    """Is a Docker engine reachable?"""
+    from orchestrator.sandbox.docker import connect
+
+    try:
+        client = connect(timeout=10)
+    except SandboxUnavailable as exc:
+        return Finding("docker engine", False, str(exc).split(". ")[0],
+                       "run scripts/setup.sh (installs docker.io and starts dockerd), or set DOCKER_HOST"), None
+    version = client.version().get("Version", "?")
+    return Finding("docker engine", True, f"Docker {version} answers"), client
+
+
+def check_image(client, tag: str) -> Finding:
+    """Is the sandbox image present and speaking our protocol?"""
+    from orchestrator.image import check_image as inspect
+
+    try:
+        info = inspect(client, tag)
+    except SandboxUnavailable as exc:
+        return Finding("sandbox image", False, str(exc), "researcher image build")
+    return Finding("sandbox image", True, f"{tag}, protocol {info.protocol}, {info.size_bytes / 1e9:.1f} GB")
+
+
+def check_runtimes(info: dict) -> list[Finding]:
+    """gVisor and the NVIDIA runtime, from `docker info`."""
+    runtimes = set((info.get("Runtimes") or {}).keys())
+    gvisor = Finding("gVisor (runsc)", "runsc" in runtimes,
+                     "registered" if "runsc" in runtimes else "not registered with dockerd",
+                     "apt-get install runsc; scripts/setup.sh registers it with --network=none --host-uds=open",
+                     required=False)
+    nvidia = "nvidia" in runtimes or bool(shutil.which("nvidia-container-runtime"))
+    gpus = _gpu_names()
+    gpu = Finding("NVIDIA runtime and GPUs", nvidia and bool(gpus),
+                  f"{len(gpus)} GPU(s): {', '.join(gpus)}" if gpus else "no NVIDIA GPU visible to this host",
+                  "for --device cuda: install the NVIDIA driver and nvidia-container-toolkit, restart dockerd",
+                  required=False)
+    if gpus and not nvidia:
+        gpu = Finding(gpu.check, False, f"{len(gpus)} GPU(s) but no NVIDIA container runtime", gpu.fix, required=False)
+    return [gvisor, gpu]
+
+
+def _gpu_names() -> list[str]:
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def check_disk(path: Path) -> Finding:
+    """Free disk where runs and images go."""
+    free = shutil.disk_usage(path).free / 1e9
+    return Finding("free disk", free >= _MIN_FREE_GB, f"{free:.0f} GB free at {path}",
+                   f"free at least {_MIN_FREE_GB:.0f} GB (the sandbox image alone is about 6 GB)")
+
+
+def check_datasets(data_dir: str | None) -> list[Finding]:
+    """Which datasets load here."""
+    from evaluator.datasets import available_datasets
+
+    rows = []
+    for info in available_datasets(data_dir):
+        if info.available:
+            rows.append(Finding(f"dataset {info.name}", True, info.detail, required=info.name == "digits"))
+        else:
+            where = "needs --data-dir" if info.needs_data_dir and data_dir is None else "not found"
+            rows.append(Finding(f"dataset {info.name}", False, where, info.detail, required=info.name == "digits"))
+    return rows
+
+
+def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path(".")) -> list[Finding]:
+    """Every finding, in table order."""
+    engine, client = check_engine()
+    findings = [engine]
+    if client is not None:
+        try:
+            findings.append(check_image(client, image))
+            findings.extend(check_runtimes(client.info()))
+        finally:
+            client.close()
+    else:
+        findings.append(Finding("sandbox image", False, "unknown: no engine", "start the engine first"))
+    findings.append(check_disk(runs_dir if runs_dir.exists() else Path(".")))
+    findings.extend(check_datasets(data_dir))
+    return findings
+
+
+def print_table(findings: list[Finding], stream) -> int:
+    """Print the table; 0 when everything required is there, else 3."""
+    width = max(len(f.check) for f in findings)
+    for f in findings:
+        mark = "ok  " if f.ok else ("MISSING" if f.required else "absent ")
+        stream.write(f"{mark:<8} {f.check:<{width}}  {f.detail}\n")
+        if not f.ok and f.fix:
+            stream.write(f"{'':<8} {'':<{width}}  fix: {f.fix}\n")
+    missing = [f.check for f in findings if f.required and not f.ok]
+    stream.write("\nready: every required piece is here\n" if not missing else f"\nnot ready: {', '.join(missing)}\n")
+    return 0 if not missing else 3

@@ -1,0 +1,29 @@
+"""`researcher doctor` tells what is there and what is missing, with the fix."""
+
+import gc
+import io
+
+import pytest
+
+from orchestrator.doctor import diagnose, print_table
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # docker-py leaks a socket on failure
+def test_without_an_engine_the_engine_and_image_are_missing_with_fixes(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    findings = {f.check: f for f in diagnose(image="pytorch-researcher-sandbox:latest")}
+    assert not findings["docker engine"].ok and "scripts/setup.sh" in findings["docker engine"].fix
+    assert not findings["sandbox image"].ok
+    assert findings["dataset digits"].ok and findings["dataset fashion_mnist"].ok
+    out = io.StringIO()
+    assert print_table(list(findings.values()), out) == 3
+    assert "not ready: docker engine, sandbox image" in out.getvalue()
+    gc.collect()
+
+
+@pytest.mark.docker
+def test_with_the_engine_and_image_the_host_is_ready(docker_client):
+    findings = {f.check: f for f in diagnose(image="pytorch-researcher-sandbox:latest")}
+    assert findings["docker engine"].ok and findings["sandbox image"].ok
+    assert "protocol 1" in findings["sandbox image"].detail
+    assert print_table(list(findings.values()), io.StringIO()) == 0
