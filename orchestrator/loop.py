@@ -174,6 +174,7 @@ class ResearchLoop:
             entry["params"] = msg.params
         elif isinstance(msg, Progress):
             entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc)
+            entry.setdefault("curves", {}).setdefault(msg.seed, []).append(msg.stats)
             if msg.seed == proposal.train.seeds[0]:
                 with self._planner_lock:
                     if should_prune(self.planner, cid, msg.stats.epoch, msg.stats.val_acc, proposal=proposal):
@@ -192,7 +193,9 @@ class ResearchLoop:
             record = self.registry.finish_candidate(cid, failure=Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR, message=str(exc)))
             return self._observe(record)
         result = evaluation.result
-        curves = {p.seed: p.curves for p in result.predictions}
+        # finished seeds' curves come with their predictions; a stopped seed's from its Progress
+        curves = {seed: tuple(stats) for seed, stats in entry.get("curves", {}).items()}
+        curves.update({p.seed: p.curves for p in result.predictions})
         pruned = bool(entry.get("pruned")) and result.stopped
         failure = evaluation.failure
         if result.stopped and not pruned and failure is None:

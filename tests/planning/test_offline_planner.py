@@ -179,7 +179,7 @@ def test_resume_rebuilds_failed_and_pruned_trials() -> None:
     assert resumed.n_proposed == 4
 
 
-def test_pruning_stops_a_candidate_below_the_median() -> None:
+def test_pruning_stops_a_candidate_in_the_bottom_quarter() -> None:
     planner = OfflinePlanner(DIGITS, ACCURACY, seed=0, prune_warmup_epochs=2)
     history = run(planner, 5)  # five finished trials with curves around 0.5..0.9
     weak = planner.propose(history)
