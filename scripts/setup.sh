@@ -33,11 +33,33 @@ install_packages() {
     apt_install docker-compose || say "warning: docker-compose not installed"
 }
 
+alive() {
+    # A pid that runs and is not a zombie (a killed dockerd can linger as one).
+    local stat
+    stat=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    case "$stat" in Z*) return 1 ;; *) return 0 ;; esac
+}
+
+remove_stale_pidfiles() {
+    # dockerd refuses to start while its pid file names a process that still exists; after a
+    # kill (a CI runner ends every process) the file, or a zombie, is left behind.
+    local f pid
+    for f in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f" 2>/dev/null || true)
+        if [ -z "$pid" ] || ! alive "$pid"; then
+            say "removing stale $f"
+            rm -f "$f"
+        fi
+    done
+}
+
 start_dockerd() {
     docker info >/dev/null 2>&1 && return 0
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
         systemctl start docker
     else
+        remove_stale_pidfiles
         say "starting dockerd (log: $DOCKERD_LOG)"
         nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
     fi
