@@ -121,6 +121,11 @@ class ResearchLoop:
                 return ""
         if proposal is None:
             return "the planner has nothing more to propose"
+        llm_error = getattr(self.planner, "last_error", "")
+        if llm_error:  # the LLM was down or unusable: this candidate comes from the fallback
+            self.registry.log_event("llm_fallback", f"LLM unusable, fallback proposal: {llm_error[:300]}")
+            if self.view is not None:
+                self.view.message(f"LLM unusable ({llm_error[:160]}); this candidate comes from the fallback planner")
         proposal = self._with_run_settings(proposal)
         source, failure = self._assemble(proposal)
         cid = self.registry.add_candidate(proposal, source)

@@ -67,9 +67,14 @@ def sandbox_for_run(base: SandboxConfig, parallel: int, cpus_given: bool) -> San
 
 def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory) -> int:
     """Create a run directory and registry, then drive the loop."""
+    from orchestrator.training import load_prepared
+
+    # Bad data is a usage error before anything is written, not a failed run directory.
+    prepared = load_prepared(settings.dataset, settings.data_dir, seed=settings.search_seed)
     run_dir = new_run_dir(root, settings.name or None)
     registry = Registry.create(run_dir, settings)
-    return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=False)
+    return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=False,
+                 prepared=prepared)
 
 
 def resume_run(run_dir: Path, *, config: SandboxConfig | None, secrets: Secrets, backend_factory) -> int:
@@ -79,7 +84,8 @@ def resume_run(run_dir: Path, *, config: SandboxConfig | None, secrets: Secrets,
     return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=True)
 
 
-def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backend_factory, resumed: bool) -> int:
+def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backend_factory, resumed: bool,
+          prepared=None) -> int:
     """Prepare, run the loop, write the reports; returns the process exit code."""
     from orchestrator.live import LiveView
     from orchestrator.loop import ResearchLoop
@@ -95,8 +101,9 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
     try:
         with LiveView() as view:
             view.message(f"run {paths.root} ({'resumed' if resumed else 'new'}): {settings.goal}")
-            view.message(f"loading dataset {settings.dataset!r} on the trusted side")
-            prepared = load_prepared(settings.dataset, settings.data_dir, seed=settings.search_seed)
+            if prepared is None:
+                view.message(f"loading dataset {settings.dataset!r} on the trusted side")
+                prepared = load_prepared(settings.dataset, settings.data_dir, seed=settings.search_seed)
             facts = prepared.facts()
             registry.set_dataset(facts)
             view.message(f"dataset {facts.name}: {facts.n_train} train / {facts.n_val} val / {facts.n_test} test, "
