@@ -57,9 +57,10 @@ def connect(timeout: float = 30.0) -> docker.DockerClient:
 def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> dict:
     """The docker SDK arguments of one hardened job container (pure, for tests)."""
     threads = str(config.threads)
-    volumes = {str(job_dir): {"bind": "/job", "mode": "ro"}}
+    # Docker takes a relative path for the name of a volume, not a bind mount: resolve.
+    volumes = {str(Path(job_dir).resolve()): {"bind": "/job", "mode": "ro"}}
     if data_dir is not None:
-        volumes[str(data_dir)] = {"bind": "/data", "mode": "ro"}
+        volumes[str(Path(data_dir).resolve())] = {"bind": "/data", "mode": "ro"}
     kwargs = dict(
         image=config.image,
         command=[f"/job/{SOCKET_NAME}"],

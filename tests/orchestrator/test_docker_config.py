@@ -65,3 +65,9 @@ def test_bad_limits_are_reported_together():
     text = str(err.value)
     for word in ("--memory", "--cpus", "--runtime", "--timeout"):
         assert word in text
+
+
+def test_relative_paths_are_mounted_as_absolute_bind_mounts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kw = container_kwargs("abc", Path("runs/job"), Path("runs/run_x/scratch/data"), SandboxConfig())
+    assert set(kw["volumes"]) == {str(tmp_path / "runs/job"), str(tmp_path / "runs/run_x/scratch/data")}
