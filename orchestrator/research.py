@@ -122,6 +122,9 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
         raise
+    except Exception as exc:
+        message = f"stopped by an error: {type(exc).__name__}: {str(exc)[:300]}"
+        raise
     finally:
         _finish(registry, status, message, scratch, keep=settings.keep)
         md, html = write_reports(paths.root)
