@@ -148,7 +148,8 @@ def _print_summary(paths, status: str, message: str, wall: float, html: Path) ->
     out = sys.stdout
     finished = [r for r in records if r.status in ("passed", "failed")]
     out.write(f"\nrun {status}: {message}\n")
-    out.write(f"  {len(finished)} candidates ({sum(r.status == 'failed' for r in finished)} failed) in {wall:.0f} s, "
+    out.write(f"  {len(finished)} candidates ({sum(r.pruned for r in finished)} pruned, "
+              f"{sum(r.status == 'failed' for r in finished)} failed) in {wall:.0f} s, "
               f"{60 * len(finished) / max(wall, 1e-9):.1f} candidates/min\n")
     if best is not None:
         summary = best.summary(metric)

@@ -80,7 +80,11 @@ class ReportData:
         return dict(self.run.dataset or {})
 
     def count(self, status: str) -> int:
-        """Candidates with ``status``."""
+        """Candidates with ``status``; ``pruned`` ones are counted apart from ``passed``."""
+        if status == "pruned":
+            return sum(r.pruned for r in self.records)
+        if status == "passed":
+            return sum(r.status == "passed" and not r.pruned for r in self.records)
         return sum(r.status == status for r in self.records)
 
 

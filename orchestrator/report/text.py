@@ -152,7 +152,7 @@ def dataset_lines(data: ReportData) -> list[tuple[str, str]]:
 def run_lines(data: ReportData) -> list[tuple[str, str]]:
     """(label, value) facts of the run: status, target, planner, budgets, times, throughput."""
     s = data.run.settings
-    finished = data.count("passed") + data.count("failed")
+    finished = data.count("passed") + data.count("pruned") + data.count("failed")
     rate = f"{finished / (data.wall_s / 60):.2f}" if data.wall_s and finished else "–"
     planner = s.planner + (f" ({s.llm_model or 'default model'} at {s.llm_base_url})"
                            if s.planner == "llm" else "")
@@ -167,7 +167,7 @@ def run_lines(data: ReportData) -> list[tuple[str, str]]:
         ("device / runtime", f"{s.device} / {s.runtime}"),
         ("started", when(data.run.started)),
         ("wall time (running)", seconds(data.wall_s)),
-        ("candidates", f"{len(data.records)} ({data.count('passed')} passed, "
+        ("candidates", f"{len(data.records)} ({data.count('passed')} passed, {data.count('pruned')} pruned, "
                        f"{data.count('failed')} failed), {rate} per minute"),
     ]
 
