@@ -54,3 +54,12 @@ def test_no_engine_exits_3_with_how_to_fix(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "no Docker engine answers" in err and "scripts/setup.sh" in err
     gc.collect()  # collect docker-py's leaked socket while the filter above applies
+
+
+@pytest.mark.parametrize("command", ["run", "resume", "report", "ls", "check", "bench", "doctor", "image", "cleanup"])
+def test_every_command_has_readable_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: researcher" in text and "{'option_strings'" not in text
