@@ -14,6 +14,7 @@ from orchestrator.training import load_prepared
 from sandbox_image.protocol import Job, TrainSpec
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.docker
 
 
@@ -32,7 +33,7 @@ def _direct_accuracy(source: str, prepared, spec: TrainSpec, seed: int) -> float
 
 def test_check_train_in_the_sandbox_matches_training_outside(docker_client, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli.main(["check", str(MODELS / "good_cnn.py"), "--dataset", "digits", "--train", "--epochs", "3",
+    code = cli.main(["check", str(EXAMPLES / "digits_cnn.py"), "--dataset", "digits", "--train", "--epochs", "3",
                      "--seeds", "2", "--cpus", "1", "--json", "--out", str(out)])
     data = json.loads(capsys.readouterr().out)
     assert code == 0, data
@@ -44,7 +45,7 @@ def test_check_train_in_the_sandbox_matches_training_outside(docker_client, tmp_
     assert (out / "confusion_matrix.png").stat().st_size > 10_000 and (out / "learning_curves.png").exists()
     prepared = load_prepared("digits", None)
     spec = TrainSpec(epochs=3, seeds=(0, 1))
-    source = (MODELS / "good_cnn.py").read_text()
+    source = (EXAMPLES / "digits_cnn.py").read_text()
     for seed in (0, 1):
         direct = _direct_accuracy(source, prepared, spec, seed)
         assert acc["per_seed"][str(seed)] == pytest.approx(direct, abs=1.5 / prepared.facts().n_test)
