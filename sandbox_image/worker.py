@@ -43,6 +43,7 @@ from sandbox_image.protocol import (
 
 _JOB_WAIT_MS = 3_600_000  # the host kills idle workers long before this
 _LINGER_MS = 10_000
+_IDLE_BEFORE_WARM_UP_MS = 100
 
 
 class JobFailed(Exception):
@@ -207,12 +208,9 @@ def run_job(job: Job, send: Callable[[msgspec.Struct], None]) -> None:
 def _ready() -> Ready:
     import torch
 
-    from evaluator.recipe import warm_up
-
     threads = _threads()
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(threads)
-    warm_up()  # pay torch's lazy imports (optimiser -> torch._dynamo) before saying Ready
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return Ready(
         protocol=PROTOCOL_VERSION,
@@ -238,6 +236,13 @@ def serve(endpoint: str) -> int:
         sock.send(enc.encode(msg), copy=False)
 
     send(ready)
+    if not sock.poll(_IDLE_BEFORE_WARM_UP_MS, zmq.POLLIN):
+        # Idle (a warm-pool slot): pay torch's lazy imports (optimiser -> torch._dynamo, about
+        # 1.5 s) now, so the job does not. A job sent at once (the cold path) skips this, and
+        # a check without training never needs it.
+        from evaluator.recipe import warm_up
+
+        warm_up()
     if not sock.poll(_JOB_WAIT_MS, zmq.POLLIN):
         return 3
     try:
