@@ -43,7 +43,6 @@ from sandbox_image.protocol import (
 
 _JOB_WAIT_MS = 3_600_000  # the host kills idle workers long before this
 _LINGER_MS = 10_000
-_IDLE_BEFORE_WARM_UP_MS = 100
 
 
 class JobFailed(Exception):
@@ -222,8 +221,17 @@ def _ready() -> Ready:
     )
 
 
-def serve(endpoint: str) -> int:
-    """Connect to the host, announce Ready, run one job, and exit."""
+def serve(endpoint: str, *, warm_up: bool = False) -> int:
+    """Connect to the host, announce Ready, run one job, and exit.
+
+    ``warm_up`` (a warm-pool slot) pays torch's lazy optimiser imports (torch._dynamo,
+    about 1.5 s) before Ready, so the job does not; the cold path skips it, and a check
+    without training never needs it.
+    """
+    if warm_up:
+        from evaluator.recipe import warm_up as _warm
+
+        _warm()
     ready = _ready()
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PAIR)
@@ -236,13 +244,6 @@ def serve(endpoint: str) -> int:
         sock.send(enc.encode(msg), copy=False)
 
     send(ready)
-    if not sock.poll(_IDLE_BEFORE_WARM_UP_MS, zmq.POLLIN):
-        # Idle (a warm-pool slot): pay torch's lazy imports (optimiser -> torch._dynamo, about
-        # 1.5 s) now, so the job does not. A job sent at once (the cold path) skips this, and
-        # a check without training never needs it.
-        from evaluator.recipe import warm_up
-
-        warm_up()
     if not sock.poll(_JOB_WAIT_MS, zmq.POLLIN):
         return 3
     try:
@@ -259,10 +260,12 @@ def serve(endpoint: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m sandbox_image.worker SOCKET_PATH``."""
     args = sys.argv[1:] if argv is None else argv
+    warm = "--warm-up" in args
+    args = [a for a in args if a != "--warm-up"]
     if len(args) != 1:
-        print("usage: python -m sandbox_image.worker SOCKET_PATH", file=sys.stderr)
+        print("usage: python -m sandbox_image.worker [--warm-up] SOCKET_PATH", file=sys.stderr)
         return 2
-    return serve(f"ipc://{args[0]}")
+    return serve(f"ipc://{args[0]}", warm_up=warm)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     startup_timeout_s: float = 90.0  # limit for the worker to come up and say Ready
     log_max_size: str = "1m"  # container log cap (stdout/stderr floods)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # cap of one message from the worker
+    warm_up: bool = False  # worker pays torch's lazy imports before Ready (set by the warm pool)
 
     @property
     def threads(self) -> int:

@@ -63,7 +63,7 @@ def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: 
         volumes[str(Path(data_dir).resolve())] = {"bind": "/data", "mode": "ro"}
     kwargs = dict(
         image=config.image,
-        command=[f"/job/{SOCKET_NAME}"],
+        command=(["--warm-up"] if config.warm_up else []) + [f"/job/{SOCKET_NAME}"],
         detach=True,
         network_mode="none",
         read_only=True,

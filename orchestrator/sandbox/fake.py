@@ -48,7 +48,8 @@ class SubprocessSandbox:
         }
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "sandbox_image.worker", self.mounts.socket_path],
+                [sys.executable, "-m", "sandbox_image.worker", *(["--warm-up"] if self._config.warm_up else []),
+                 self.mounts.socket_path],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 

@@ -105,10 +105,11 @@ class WarmPool:
             time.sleep(_TICK_S)
 
     def _slot_config(self) -> SandboxConfig:
+        # Slots wait for their job anyway: let them warm up before saying Ready.
+        config = msgspec.structs.replace(self.config, warm_up=True)
         if not self.gpus:
-            return self.config
-        gpu = self.gpus[self._launched % len(self.gpus)]
-        return msgspec.structs.replace(self.config, gpu=gpu)
+            return config
+        return msgspec.structs.replace(config, gpu=self.gpus[self._launched % len(self.gpus)])
 
     def _launch(self) -> None:
         try:

@@ -71,3 +71,8 @@ def test_relative_paths_are_mounted_as_absolute_bind_mounts(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     kw = container_kwargs("abc", Path("runs/job"), Path("runs/run_x/scratch/data"), SandboxConfig())
     assert set(kw["volumes"]) == {str(tmp_path / "runs/job"), str(tmp_path / "runs/run_x/scratch/data")}
+
+
+def test_pool_slots_warm_up_before_ready_and_cold_jobs_do_not():
+    assert _kwargs()["command"] == ["/job/worker.sock"]
+    assert _kwargs(warm_up=True)["command"] == ["--warm-up", "/job/worker.sock"]
