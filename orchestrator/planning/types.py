@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 from msgspec import Meta
@@ -152,18 +152,25 @@ def _semantic_errors(config: ModelConfig) -> list[str]:
     return errors
 
 
-def parse_model_config(data: bytes | str | Mapping[str, Any] | ModelConfig) -> ModelConfig:
-    """Decode, validate and bound a layer config from JSON or a dict; raise InvalidConfig."""
+T = TypeVar("T")
+
+
+def _decode(data: Any, type_: type[T], what: str, hint: str) -> T:
+    """JSON text, a mapping or any Struct, decoded and validated as ``type_``; InvalidConfig else."""
     try:
         if isinstance(data, (bytes, str)):
-            config = msgspec.json.decode(data, type=ModelConfig)
-        else:
-            builtins = msgspec.to_builtins(data) if isinstance(data, ModelConfig) else data
-            config = msgspec.convert(builtins, ModelConfig)
+            return msgspec.json.decode(data, type=type_)
+        builtins = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else data
+        return msgspec.convert(builtins, type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidConfig(f"invalid model config: {exc}. Expected JSON matching "
-                            "model_config_json_schema(), e.g. {\"layers\": [{\"type\": "
-                            "\"conv2d\", \"out_channels\": 32}, {\"type\": \"relu\"}]}") from exc
+        raise InvalidConfig(f"invalid {what}: {exc}. {hint}") from exc
+
+
+def parse_model_config(data: bytes | str | Mapping[str, Any] | ModelConfig) -> ModelConfig:
+    """Decode, validate and bound a layer config from JSON or a dict; raise InvalidConfig."""
+    config = _decode(data, ModelConfig, "model config",
+                     "Expected JSON matching model_config_json_schema(), e.g. {\"layers\": "
+                     "[{\"type\": \"conv2d\", \"out_channels\": 32}, {\"type\": \"relu\"}]}")
     errors = _semantic_errors(config)
     if errors:
         raise InvalidConfig("invalid model config: " + "; ".join(errors))
@@ -198,16 +205,9 @@ def train_spec_json_schema() -> dict[str, Any]:
 
 def parse_train_spec(data: bytes | str | Mapping[str, Any] | TrainSpec) -> TrainSpec:
     """Decode and bound a TrainSpec (lr 10 or batch 0 are rejected); raise InvalidConfig."""
-    try:
-        if isinstance(data, (bytes, str)):
-            bounded = msgspec.json.decode(data, type=_BoundedTrainSpec)
-        else:
-            builtins = msgspec.to_builtins(data) if isinstance(data, TrainSpec) else data
-            bounded = msgspec.convert(builtins, _BoundedTrainSpec)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidConfig(f"invalid train settings: {exc}. Bounds: epochs 1..500, "
-                            "batch_size 1..4096, lr 1e-6..1, optimizer adamw|adam|sgd, "
-                            "weight_decay 0..1, momentum 0..<1") from exc
+    bounded = _decode(data, _BoundedTrainSpec, "train settings",
+                      "Bounds: epochs 1..500, batch_size 1..4096, lr 1e-6..1, optimizer "
+                      "adamw|adam|sgd, weight_decay 0..1, momentum 0..<1")
     if not all(math.isfinite(v) for v in (bounded.lr, bounded.weight_decay, bounded.momentum,
                                           bounded.time_budget_s)):
         raise InvalidConfig("invalid train settings: values must be finite numbers")
