@@ -11,16 +11,26 @@ restored before the test logits are predicted, with or without early stopping.
 Determinism: every random source is seeded, the shuffling has its own
 generator and deterministic kernels are requested on CPU, so a seed gives
 identical logits on CPU for the same thread count; on CUDA results are close but
-not bit-identical. Warm-up note: the first ``torch.optim`` optimiser of a process
-imports ``torch._dynamo`` (3-8 s on two busy cores); a worker should pay that
-before it reports ``Ready`` (``warm_up()``).
+not bit-identical.
+
+Start-up cost: ``torch.optim``'s method wrappers and ``torch.use_deterministic_algorithms``
+import ``torch._dynamo``/``torch._inductor`` on first use (2 s of CPU here, as much
+as ``import torch`` itself) only for the sake of ``torch.compile``. Nothing here
+compiles, so the optimisers are used through subclasses that call the undecorated
+methods (``_compile_free``; the update math is torch's own) and the deterministic
+flag is set without touching inductor's copy of it until inductor is loaded
+(``_set_deterministic``). ``warm_up()`` pays the remaining one-time costs (first
+autograd pass and optimiser step) before a worker reports ``Ready``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -118,24 +128,47 @@ def make_optimizer(params: Iterator[nn.Parameter], spec: TrainSpec) -> torch.opt
     """The optimiser ``spec`` names, with its learning rate and weight decay."""
     name = spec.optimizer.lower()
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return _compile_free(torch.optim.AdamW)(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return _compile_free(torch.optim.Adam)(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(
+        return _compile_free(torch.optim.SGD)(
             params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
         )
     raise ValueError(f"unknown optimizer {spec.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
+#: Optimizer methods torch wraps in ``torch._disable_dynamo`` (a pass-through outside torch.compile).
+_DYNAMO_DISABLED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+@functools.cache
+def _compile_free(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """``cls`` whose methods skip the torch.compile wrappers (see the module note).
+
+    ``inspect.unwrap`` follows the ``functools.wraps`` chain to torch's own
+    methods; ``step`` runs under the grad mode its wrapper would set. Should a
+    torch release stop wrapping, the plain methods are used (only slower to start).
+    """
+    step = inspect.unwrap(cls.step)
+    namespace = {name: inspect.unwrap(getattr(cls, name)) for name in _DYNAMO_DISABLED}
+
+    def compile_free_step(self, closure=None):
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            return step(self, closure)
+
+    namespace["step"] = functools.wraps(step)(compile_free_step)
+    return type(cls.__name__, (cls,), namespace)
+
+
 def warm_up() -> None:
-    """Pay torch's one-time lazy imports (optimiser -> torch._dynamo) before timing starts."""
-    param = nn.Parameter(torch.zeros(1))
-    make_optimizer(iter([param]), TrainSpec())
-    torch.use_deterministic_algorithms(
-        torch.are_deterministic_algorithms_enabled(),
-        warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
+    """Pay torch's one-time costs (first autograd pass and optimiser step) before timing starts."""
+    layer = nn.Linear(4, 2)
+    optimizer = make_optimizer(layer.parameters(), TrainSpec())
+    nn.functional.cross_entropy(layer(torch.zeros(2, 4)), torch.zeros(2, dtype=torch.long)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _set_deterministic(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
 
 
 # ------------------------------------------------------------------ internals
@@ -151,11 +184,24 @@ def _determinism(device: torch.device) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     # warn_only: a model using an op without a deterministic kernel still trains.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _set_deterministic(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+        _set_deterministic(previous, warn_only=warn_only)
+
+
+def _set_deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without importing inductor only to set its flag.
+
+    The public function also sets ``torch._inductor.config.deterministic``, which
+    matters only to compiled code and costs the import of inductor and dynamo.
+    Once inductor is loaded (a model compiled), the public function is used.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def _seed_everything(seed: int) -> None:

@@ -169,3 +169,48 @@ def test_recipe_imports_only_what_the_sandbox_has() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_training_never_loads_the_compiler_stack() -> None:
+    """torch._dynamo/_inductor cost 2 s of CPU per sandbox start; nothing in the recipe needs them."""
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from torch import nn\n"
+        "from evaluator.recipe import TrainData, train_seed, warm_up\n"
+        "from sandbox_image.protocol import TrainSpec\n"
+        "warm_up()\n"
+        "rng = np.random.default_rng(0)\n"
+        "x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 3, 64)\n"
+        "data = TrainData(x, y, x[:16], y[:16], x[:16])\n"
+        "for opt in ('adamw', 'adam', 'sgd'):\n"
+        "    train_seed(lambda: nn.Linear(8, 3), data, TrainSpec(epochs=2, optimizer=opt), seed=0)\n"
+        "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules),"
+        " torch.are_deterministic_algorithms_enabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_compile_free_optimizers_update_exactly_like_torch_optim(optimizer: str) -> None:
+    from evaluator.recipe import make_optimizer
+
+    stock = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+    spec = TrainSpec(optimizer=optimizer, lr=0.01, weight_decay=0.01, momentum=0.9)
+    torch.manual_seed(0)
+    ours_model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    stock_model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    stock_model.load_state_dict(ours_model.state_dict())
+    ours = make_optimizer(ours_model.parameters(), spec)
+    extra = {"momentum": 0.9} if optimizer == "sgd" else {}
+    theirs = stock(stock_model.parameters(), lr=0.01, weight_decay=0.01, **extra)
+    assert isinstance(ours, stock) and type(ours).__name__ == stock.__name__
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for _ in range(5):
+        for model, opt in ((ours_model, ours), (stock_model, theirs)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours_model.parameters(), stock_model.parameters()))
+    assert torch.is_grad_enabled()  # the step's no-grad mode does not leak
+    ours.load_state_dict(ours.state_dict())  # the other unwrapped methods still work
