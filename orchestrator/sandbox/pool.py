@@ -1,8 +1,10 @@
 """A warm pool of sandboxes: started ahead of need, each used for exactly one job.
 
-Start-up (container + torch import) costs about 1.4 s here against a few
+Start-up (container + torch import) costs 2.5-3 s of CPU here against a few
 seconds of training for a small candidate, so the pool keeps ``size`` slots
-started and ``Ready`` while jobs run. A slot is never reused: after its job
+(one per ``--parallel`` job) plus ``spare`` started and ``Ready`` while jobs
+run: with a spare, a job shorter than a start-up does not leave the next one
+waiting for its successor's imports. A slot is never reused: after its job
 it is destroyed and a fresh one takes its place. A slot that dies or idles
 too long is replaced; repeated start-up failures surface as
 ``SandboxUnavailable`` to whoever waits for a slot. ``close()`` (or leaving
@@ -25,16 +27,19 @@ from orchestrator.sandbox.runner import Slot
 
 _TICK_S = 0.05
 _MAX_START_FAILURES = 3
+#: Slots kept starting or ready beyond the ``size`` that run at once.
+DEFAULT_SPARE = 1
 
 
 class WarmPool:
-    """Keeps ``size`` ready slots; ``acquire()`` hands one out and starts its successor."""
+    """Keeps ``size + spare`` slots started; ``acquire()`` hands one out and starts its successor."""
 
-    def __init__(self, backend: Backend, config: SandboxConfig, *, size: int = 1, data_dir: Path | None = None,
-                 jobs_root: Path | None = None, gpus: tuple[str, ...] = (), max_idle_s: float = 900.0) -> None:
-        if size < 1:
-            raise ValueError("a pool needs at least one slot")
-        self.backend, self.config, self.size = backend, config, size
+    def __init__(self, backend: Backend, config: SandboxConfig, *, size: int = 1, spare: int = DEFAULT_SPARE,
+                 data_dir: Path | None = None, jobs_root: Path | None = None, gpus: tuple[str, ...] = (),
+                 max_idle_s: float = 900.0) -> None:
+        if size < 1 or spare < 0:
+            raise ValueError("a pool needs at least one slot and no negative spares")
+        self.backend, self.config, self.size, self.spare = backend, config, size, spare
         self.data_dir, self.jobs_root, self.gpus, self.max_idle_s = data_dir, jobs_root, gpus, max_idle_s
         self._starting: list[Slot] = []
         self._ready: deque[Slot] = deque()
@@ -97,7 +102,7 @@ class WarmPool:
             with self._lock:
                 if self._closed:
                     return
-                missing = self.size - len(self._starting) - len(self._ready)
+                missing = self.size + self.spare - len(self._starting) - len(self._ready)
             if missing > 0 and self._error is None:
                 self._launch()
             self._promote()

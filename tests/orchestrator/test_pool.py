@@ -74,3 +74,18 @@ def test_repeated_start_failures_reach_the_caller():
     with WarmPool(Broken(), SandboxConfig(timeout_s=30), size=1) as pool:
         with pytest.raises(SandboxUnavailable, match="exited with code 1 before it was ready"):
             pool.acquire(timeout_s=30)
+
+
+@pytest.mark.parametrize("spare", [0, 1])
+def test_the_pool_keeps_size_plus_spare_slots_ready(spare):
+    backend = CountingBackend()
+    with WarmPool(backend, SandboxConfig(timeout_s=30), size=1, spare=spare) as pool:
+        deadline = time.monotonic() + 90
+        while pool.stats["ready"] < 1 + spare and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)  # a few filler ticks: no slot beyond size + spare is started
+        assert pool.stats == {"ready": 1 + spare, "starting": 0, "launched": 1 + spare}
+        with pool.acquire(timeout_s=60) as slot:
+            assert execute(slot, _job()).status == "passed"
+    assert len(backend.created) >= 2 + spare  # the spent slot was replaced
+    assert all(s.exit_status() is not None for s in backend.created)
