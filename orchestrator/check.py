@@ -101,6 +101,8 @@ def run_check(request: CheckRequest, backend_factory, config: SandboxConfig, *, 
         from orchestrator.training import run_training_check
 
         return run_training_check(request, source, job_id, backend_factory, config, progress=progress)
+    if (request.input_shape is None or request.num_classes is None) and (request.dataset or request.data_dir):
+        request = _shapes_from_dataset(request)
     if request.input_shape is None or request.num_classes is None:
         raise UsageError("give --input-shape and --num-classes (or --dataset NAME, which implies both)")
     job = Job(
@@ -113,6 +115,17 @@ def run_check(request: CheckRequest, backend_factory, config: SandboxConfig, *, 
     finally:
         backend.close()
     return CheckOutcome(request, result)
+
+
+def _shapes_from_dataset(request: CheckRequest) -> CheckRequest:
+    """``request`` with the input shape and class count its dataset implies (flags must agree)."""
+    import dataclasses
+
+    from orchestrator.training import _check_shape_flags, load_prepared
+
+    facts = load_prepared(request.dataset, request.data_dir).facts()
+    _check_shape_flags(request, facts)
+    return dataclasses.replace(request, input_shape=tuple(facts.input_shape), num_classes=facts.num_classes)
 
 
 def outcome_json(outcome: CheckOutcome) -> dict:
