@@ -3,6 +3,11 @@
 Exit codes: 0 success (the model passed), 1 the model failed (a recorded
 failure), 2 bad usage or an unreadable file, 3 no sandbox available (no
 engine, no image, stale image, no GPU runtime), 130 interrupted.
+
+Every option ``--foo-bar`` of every subcommand takes its default from the
+environment variable ``RESEARCHER_FOO_BAR`` when the flag is not given (an
+empty value counts as unset); the value is checked like the flag's, and a
+flag without a value accepts 1/true/yes/on and 0/false/no/off.
 """
 
 from __future__ import annotations
@@ -15,40 +20,133 @@ from pathlib import Path
 
 from orchestrator.exceptions import DataError, ResearcherError, SandboxUnavailable, UsageError
 from orchestrator.sandbox.config import DEFAULT_IMAGE, DEVICES, RUNTIMES, SandboxConfig, validate
+from orchestrator.sandbox.pool import DEFAULT_SPARE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SANDBOX, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+ENV_PREFIX = "RESEARCHER_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits 2 with our usage message (its default, kept explicit)."""
+    """argparse that exits 2 with our usage message and fills unset options from the environment."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        for key, value in vars(namespace).items():
+            if isinstance(value, _FromEnv):  # the flag was not given
+                setattr(namespace, key, value.resolve(self, os.environ))
+        return namespace, extras
+
+
+class _FromEnv:
+    """An option's default while parsing: its environment variable's value, else its own default."""
+
+    def __init__(self, action: argparse.Action, var: str) -> None:
+        self.action, self.var, self.default = action, var, action.default
+
+    def __repr__(self) -> str:  # shown by %(default)s in help
+        return repr(self.default)
+
+    def resolve(self, parser: argparse.ArgumentParser, environ) -> object:
+        """The value for an option not given on the command line (usage error if the variable is bad)."""
+        raw = environ.get(self.var, "")
+        if not raw.strip():
+            # As argparse treats a default: a string goes through the option's type.
+            return parser._get_value(self.action, self.default) if isinstance(self.default, str) else self.default
+        if self.action.nargs == 0:  # store_true / store_false / store_const
+            word = raw.strip().lower()
+            if word in _TRUE:
+                return self.action.const
+            if word in _FALSE:
+                return self.default
+            parser.error(f"environment variable {self.var}={raw!r} is not a boolean: "
+                         f"use one of {', '.join(_TRUE)} or {', '.join(_FALSE)}")
+        try:  # argparse's own conversion and choices check, so the variable means what the flag means
+            value = parser._get_value(self.action, raw)
+            parser._check_value(self.action, value)
+        except argparse.ArgumentError as exc:
+            parser.error(f"environment variable {self.var}: {exc.message}")
+        return value
+
+
+def env_var(action: argparse.Action) -> str | None:
+    """``RESEARCHER_FOO_BAR`` for an option ``--foo-bar`` that takes a default; None otherwise."""
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    if not longs or not isinstance(action, (argparse._StoreAction, argparse._StoreConstAction)):
+        return None
+    if action.nargs not in (None, 0, "?"):
+        return None  # lists have no one-string form
+    return ENV_PREFIX + longs[0][2:].replace("-", "_").upper()
+
+
+def add_env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Let every option of ``parser`` and its subcommands default to its RESEARCHER_* variable."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                add_env_defaults(sub)
+            continue
+        var = env_var(action)
+        if var is None or isinstance(action.default, _FromEnv):
+            continue
+        action.default = _FromEnv(action, var)
+        if action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [env {var}]".strip()
 
 
 def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that set the sandbox's limits (shared by check, run and bench)."""
     group = parser.add_argument_group("sandbox")
     group.add_argument("--timeout", type=float, default=None, metavar="S",
-                       help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for a check, 600 with --train)")
+                       help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for check, 600 for check --train, 900 for run)")
     group.add_argument("--memory", default="2g", help="memory cap of the container, swap included (default: 2g)")
     group.add_argument("--cpus", type=float, default=None,
                        help="CPU cap of each container; torch threads follow it (default: all cores, shared between --parallel sandboxes)")
     group.add_argument("--pids", type=int, default=256, help="process/thread cap of the container (default: 256)")
     group.add_argument("--runtime", choices=RUNTIMES, default="runc", help="container runtime: runc or runsc (gVisor) (default: runc)")
     group.add_argument("--device", choices=DEVICES, default="cpu", help="train on cpu or cuda (one GPU per sandbox) (default: cpu)")
+    group.add_argument("--gpus", metavar="IDS",
+                       help="GPUs for --device cuda, e.g. 0,1 or GPU-<uuid>: sandboxes are spread over them, one GPU "
+                            "each; an id listed twice is shared (default: every GPU nvidia-smi lists)")
     group.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image (default: {DEFAULT_IMAGE})")
+    add_jobs_dir_flag(group)
+
+
+def add_jobs_dir_flag(parser) -> None:
+    """``--jobs-dir``: where the per-job socket directories are made."""
+    parser.add_argument("--jobs-dir", metavar="DIR",
+                        help="host directory for the per-job socket directories; in a container it must be at "
+                             "the same path as on the Docker host (default: the system temp dir)")
 
 
 def sandbox_config(args: argparse.Namespace, *, default_timeout: float) -> SandboxConfig:
     """A validated SandboxConfig from the sandbox flags."""
     cores = float(os.cpu_count() or 1)
+    gpus = _gpu_ids(args)
     return validate(SandboxConfig(
         image=args.image, memory=args.memory, cpus=args.cpus if args.cpus is not None else cores, pids=args.pids,
-        runtime=args.runtime, device=args.device,
-        timeout_s=args.timeout if args.timeout is not None else default_timeout,
+        runtime=args.runtime, device=args.device, gpus=gpus, gpu=gpus[0] if args.gpus else None,
+        timeout_s=args.timeout if args.timeout is not None else default_timeout, jobs_dir=_abspath(args.jobs_dir),
     ))
+
+
+def _gpu_ids(args: argparse.Namespace) -> tuple[str, ...]:
+    """--gpus, else every GPU nvidia-smi lists when --device cuda (empty: Docker picks one)."""
+    from orchestrator.sandbox.gpus import host_gpus, parse_gpu_ids
+
+    if args.gpus:
+        return parse_gpu_ids(args.gpus)
+    return tuple(index for index, _ in host_gpus()) if args.device == "cuda" else ()
+
+
+def _abspath(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 def docker_backend_factory(image: str):
@@ -160,11 +258,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run `researcher run`."""
     from orchestrator.planning.goal import parse_goal, parse_target_flag
     from orchestrator.planning.types import Target
+    import msgspec
+
     from orchestrator.research import Secrets, sandbox_for_run, settings_from_args, start_run
+    from orchestrator.sandbox.gpus import bound_parallel
 
     target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
     settings = settings_from_args(args, target)
     config = sandbox_config(args, default_timeout=900.0)
+    parallel, note = bound_parallel(settings.parallel, device=config.device, cores=os.cpu_count() or 1,
+                                    gpus=config.gpus, cpus=args.cpus)
+    if note:
+        print(f"researcher: note: {note}", file=sys.stderr)
+        settings = msgspec.structs.replace(settings, parallel=parallel)
     config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
     settings = _with_sandbox_extra(settings, config)
     return start_run(settings, root=args.runs_dir, config=config, secrets=Secrets(_api_key(args)),
@@ -175,7 +281,8 @@ def _with_sandbox_extra(settings, config: SandboxConfig):
     import msgspec
 
     extra = dict(settings.extra, memory=config.memory, cpus=config.cpus, pids=config.pids,
-                 timeout_s=config.timeout_s, image=config.image, container_runtime=config.runtime)
+                 timeout_s=config.timeout_s, image=config.image, container_runtime=config.runtime,
+                 gpus=",".join(config.gpus))
     return msgspec.structs.replace(settings, extra=extra)
 
 
@@ -184,6 +291,7 @@ def add_resume_parser(sub) -> None:
     p = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     p.add_argument("run_dir", type=Path, help="a run directory made by `researcher run`")
     p.add_argument("--llm-api-key", help="API key for an LLM run (default: $OPENAI_API_KEY or $LLM_API_KEY)")
+    add_jobs_dir_flag(p)
     p.set_defaults(func=cmd_resume)
 
 
@@ -198,7 +306,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config = validate(SandboxConfig(
         image=str(x.get("image", DEFAULT_IMAGE)), memory=str(x.get("memory", "2g")), cpus=float(x.get("cpus", 1.0)),
         pids=int(x.get("pids", 256)), runtime=str(x.get("container_runtime", "runc")), device=settings.device,
-        timeout_s=float(x.get("timeout_s", 900.0)),
+        timeout_s=float(x.get("timeout_s", 900.0)), jobs_dir=_abspath(args.jobs_dir),
+        gpus=tuple(g for g in str(x.get("gpus") or "").split(",") if g),
     ))
     return resume_run(args.run_dir, config=config, secrets=Secrets(_api_key(args)),
                       backend_factory=docker_backend_factory(config.image))
@@ -257,9 +366,12 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--candidates", type=int, default=12, help="size of the fixed set (default: 12)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default: 3)")
     p.add_argument("--parallel", type=int, default=2, help="also run the warm pool with this many at once (default: 2)")
+    p.add_argument("--spare", type=int, default=DEFAULT_SPARE,
+                   help=f"warm-pool slots kept starting beyond --parallel, as `run` does (default: {DEFAULT_SPARE})")
     p.add_argument("--memory", default="2g", help="memory cap per container (default: 2g)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image (default: {DEFAULT_IMAGE})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_jobs_dir_flag(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -267,11 +379,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run `researcher bench`."""
     from orchestrator.bench import bench, print_report
 
-    if args.candidates < 1 or args.epochs < 1 or args.parallel < 1:
-        raise UsageError("--candidates, --epochs and --parallel must be >= 1")
-    report = bench(count=args.candidates, epochs=args.epochs, parallel=args.parallel,
+    if args.candidates < 1 or args.epochs < 1 or args.parallel < 1 or args.spare < 0:
+        raise UsageError("--candidates, --epochs and --parallel must be >= 1 and --spare >= 0")
+    report = bench(count=args.candidates, epochs=args.epochs, parallel=args.parallel, spare=args.spare,
                    backend_factory=docker_backend_factory(args.image), image=args.image, memory=args.memory,
-                   progress=lambda line: print(line, file=sys.stderr, flush=True))
+                   progress=lambda line: print(line, file=sys.stderr, flush=True), jobs_dir=_abspath(args.jobs_dir))
     print_report(report, as_json=args.json)
     return EXIT_OK
 
@@ -333,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     if add_image_parser is not None:
         add_image_parser(sub)
     add_cleanup_parser(sub)
+    add_env_defaults(parser)
     return parser
 
 

@@ -65,16 +65,9 @@ def check_runtimes(info: dict) -> list[Finding]:
 
 
 def _gpu_names() -> list[str]:
-    import subprocess
+    from orchestrator.sandbox.gpus import host_gpus
 
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return [f"{index}: {name}" for index, name in host_gpus()]
 
 
 def check_disk(path: Path) -> Finding:

@@ -12,13 +12,12 @@ import json
 
 import msgspec
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from orchestrator.exceptions import UsageError
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.runner import JobResult, run_job
+from orchestrator.sandbox.runner import JobResult, make_private_dir, run_job
 from sandbox_image.protocol import Job, Progress
 
 #: Metrics shown in the text summary, in this order.
@@ -41,7 +40,8 @@ def run_training_check(request, source: str, job_id: str, backend_factory, confi
     prepared = load_prepared(request.dataset, request.data_dir)
     facts = prepared.facts()
     _check_shape_flags(request, facts)
-    scratch = Path(tempfile.mkdtemp(prefix="researcher-data-"))
+    # In the jobs dir: a containerised orchestrator has it at the same path as the host (bind mounts).
+    scratch = make_private_dir(Path(config.jobs_root), "researcher-data-")
     try:
         spec = prepared.write_sandbox_dir(scratch / "data")
         job = Job(
@@ -143,7 +143,11 @@ def write_outputs(out: Path, outcome, result: JobResult) -> list[str]:
 
 
 class TrainingProgress:
-    """A rich progress bar over seeds and epochs, fed by Progress messages."""
+    """A rich progress bar over seeds and epochs, fed by Progress messages.
+
+    ``enabled``: None shows a bar on a terminal and a line per epoch otherwise;
+    True always shows the bar; False shows nothing.
+    """
 
     def __init__(self, epochs: int, seeds: int, *, enabled: bool | None = None) -> None:
         self.epochs, self.seeds, self.enabled = epochs, seeds, enabled
@@ -167,6 +171,8 @@ class TrainingProgress:
         if not isinstance(msg, Progress):
             if self._progress is not None:
                 self._progress.update(self._task, description="training")
+            return
+        if self.enabled is False:  # progress off: nothing at all
             return
         s = msg.stats
         detail = f"seed {msg.seed} epoch {s.epoch}: loss {s.train_loss:.3f}/{s.val_loss:.3f} acc {s.train_acc:.3f}/{s.val_acc:.3f}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 
 import msgspec
 
@@ -13,6 +15,10 @@ DEFAULT_IMAGE = "pytorch-researcher-sandbox:latest"
 RUNTIMES = ("runc", "runsc")
 DEVICES = ("cpu", "cuda")
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+#: Longest unix socket path (sockaddr_un.sun_path is 108 bytes with the NUL); ZeroMQ refuses longer.
+MAX_SOCKET_PATH = 107
+#: What a job adds below the jobs directory: runner.make_job_dir's mkdtemp name and the socket.
+JOB_SOCKET_TAIL = "/researcher-job-XXXXXXXX/worker.sock"
 
 
 class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -27,11 +33,18 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     runtime: str = "runc"  # runc (default) or runsc (gVisor)
     device: str = "cpu"  # cpu or cuda (one GPU per container)
     gpu: str | None = None  # GPU index or UUID for cuda; None = any one
+    gpus: tuple[str, ...] = ()  # GPUs the warm pool spreads cuda sandboxes over, round-robin (sets gpu)
     timeout_s: float = 300.0  # wall-clock limit of a whole job, enforced by the host (kill)
     startup_timeout_s: float = 90.0  # limit for the worker to come up and say Ready
     log_max_size: str = "1m"  # container log cap (stdout/stderr floods)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # cap of one message from the worker
     warm_up: bool = False  # worker pays torch's lazy imports before Ready (set by the warm pool)
+    jobs_dir: str | None = None  # host dir of the per-job socket dirs; None = the system temp dir
+
+    @property
+    def jobs_root(self) -> str:
+        """The directory job directories are made in (absolute)."""
+        return os.path.abspath(self.jobs_dir or tempfile.gettempdir())
 
     @property
     def threads(self) -> int:
@@ -56,6 +69,13 @@ def validate(config: SandboxConfig) -> SandboxConfig:
         problems.append(f"--device {config.device!r} must be one of {', '.join(DEVICES)}")
     if config.timeout_s <= 0:
         problems.append(f"--timeout {config.timeout_s} must be > 0 seconds")
+    socket_path = len(os.fsencode(config.jobs_root + JOB_SOCKET_TAIL))
+    if socket_path > MAX_SOCKET_PATH:
+        problems.append(
+            f"--jobs-dir {config.jobs_root!r} is too long for a unix socket: a job's socket path would be "
+            f"{socket_path} bytes, the limit is {MAX_SOCKET_PATH}; use a directory of at most "
+            f"{MAX_SOCKET_PATH - len(JOB_SOCKET_TAIL)} characters (e.g. /tmp/researcher-jobs)"
+        )
     if problems:
         raise UsageError("; ".join(problems))
     return config

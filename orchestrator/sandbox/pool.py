@@ -40,7 +40,8 @@ class WarmPool:
         if size < 1 or spare < 0:
             raise ValueError("a pool needs at least one slot and no negative spares")
         self.backend, self.config, self.size, self.spare = backend, config, size, spare
-        self.data_dir, self.jobs_root, self.gpus, self.max_idle_s = data_dir, jobs_root, gpus, max_idle_s
+        self.data_dir, self.jobs_root, self.max_idle_s = data_dir, jobs_root, max_idle_s
+        self.gpus = tuple(gpus) or (config.gpus if config.device == "cuda" else ())
         self._starting: list[Slot] = []
         self._ready: deque[Slot] = deque()
         self._lock = threading.Condition()

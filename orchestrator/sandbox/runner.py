@@ -93,11 +93,20 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def make_private_dir(root: Path | None, prefix: str) -> Path:
+    """A new ``prefix*`` directory in ``root`` (made if missing; None = the system temp dir)."""
+    try:
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    except OSError as exc:
+        where = root or tempfile.gettempdir()
+        raise SandboxUnavailable(f"cannot make a directory in {where} (the jobs dir, --jobs-dir): {exc}") from exc
+
+
 def make_job_dir(root: Path | None = None) -> Path:
     """A private directory for one job's socket, traversable by the worker's uid."""
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="researcher-job-", dir=root))
+    path = make_private_dir(root, "researcher-job-")
     path.chmod(0o711)  # o+x so uid 65534 can reach the socket; no listing
     return path
 
@@ -115,7 +124,7 @@ class Slot:
         self.config = config
         self.ready: Ready | None = None
         self.started_at = self.ready_at = 0.0
-        self.job_dir = make_job_dir(jobs_root)
+        self.job_dir = make_job_dir(jobs_root if jobs_root is not None else Path(config.jobs_root))
         try:
             self.channel = Channel(self.job_dir, max_message_bytes=config.max_message_bytes)
         except BaseException:

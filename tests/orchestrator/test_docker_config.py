@@ -1,5 +1,6 @@
 """The hardening of every job container, checked on the arguments we hand Docker."""
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,13 @@ def test_relative_paths_are_mounted_as_absolute_bind_mounts(tmp_path, monkeypatc
 def test_pool_slots_warm_up_before_ready_and_cold_jobs_do_not():
     assert _kwargs()["command"] == ["/job/worker.sock"]
     assert _kwargs(warm_up=True)["command"] == ["--warm-up", "/job/worker.sock"]
+
+
+def test_a_jobs_dir_whose_sockets_would_not_fit_sun_path_is_refused():
+    from orchestrator.sandbox.config import JOB_SOCKET_TAIL, MAX_SOCKET_PATH
+
+    longest = "/" + "j" * (MAX_SOCKET_PATH - len(JOB_SOCKET_TAIL) - 1)
+    assert validate(SandboxConfig(jobs_dir=longest)).jobs_root == longest
+    with pytest.raises(UsageError, match=r"--jobs-dir .* too long for a unix socket.* 108 bytes, the limit is 107"):
+        validate(SandboxConfig(jobs_dir=longest + "j"))
+    assert SandboxConfig().jobs_root == tempfile.gettempdir()

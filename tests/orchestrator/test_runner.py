@@ -116,3 +116,32 @@ def test_progress_callback_sees_no_terminal_messages():
     seen = []
     run_job(SubprocessBackend(), _job("good_mlp.py"), SandboxConfig(timeout_s=30), on_message=seen.append)
     assert [type(m).__name__ for m in seen] == ["CheckReport"]
+
+
+def test_job_directories_go_to_the_jobs_dir_and_are_removed(tmp_path):
+    from orchestrator.sandbox.config import JOB_SOCKET_TAIL
+
+    jobs = tmp_path / "jobs"  # made on demand
+    seen = []
+
+    def look(msg):
+        seen.extend((path, path.stat().st_mode & 0o777) for path in jobs.iterdir())
+
+    result = run_job(SubprocessBackend(), _job("good_mlp.py"), SandboxConfig(timeout_s=30, jobs_dir=str(jobs)),
+                     on_message=look)
+    assert result.status == "passed", result.failure
+    [(job_dir, mode)] = seen
+    assert job_dir.name.startswith("researcher-job-") and mode == 0o711
+    assert len(f"{jobs}/{job_dir.name}/worker.sock") == len(str(jobs) + JOB_SOCKET_TAIL)  # the estimate is exact
+    assert list(jobs.iterdir()) == []
+
+
+def test_an_unusable_jobs_dir_is_a_sandbox_problem_with_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SandboxUnavailable, match=f"cannot make a directory in {blocker}/jobs"):
+        _run_in(blocker / "jobs")
+
+
+def _run_in(jobs: Path):
+    return run_job(SubprocessBackend(), _job("good_mlp.py"), SandboxConfig(timeout_s=30, jobs_dir=str(jobs)))
