@@ -10,7 +10,8 @@ hash of everything that went into it (Dockerfile, sandbox code, recipe, protocol
 version, base image id, build args). An image with the same hash is reused.
 
 Docker SDK and builder errors are translated here into ``SandboxUnavailable``.
-Command line: ``python -m orchestrator.image build [--force] [--base-image IMAGE]``.
+Command line: ``python -m orchestrator.image build [--force] [--base-image IMAGE]``;
+``build --orchestrator`` builds the orchestrator's own image instead (``orchestrator.deploy``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import docker
 import docker.errors
@@ -32,7 +34,6 @@ from docker.models.images import Image
 
 from orchestrator.exceptions import ResearcherError, SandboxUnavailable, UsageError
 from orchestrator.sandbox.docker import connect
-from sandbox_image import builder
 from sandbox_image.protocol import IMAGE_PROTOCOL_LABEL, PROTOCOL_VERSION
 
 DEFAULT_IMAGE = "pytorch-researcher-sandbox:latest"
@@ -94,13 +95,18 @@ def content_hash(root: Path, files: Iterable[str], base_id: str, build_args: dic
 def context_tar(root: Path, files: Iterable[str]) -> bytes:
     """A deterministic tar of exactly ``files`` (world-readable, root-owned, mtime 0)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in files:
-            data = (root / name).read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
+    write_tar(buffer, ((name, root / name) for name in files))
     return buffer.getvalue()
+
+
+def write_tar(fileobj: IO[bytes], entries: Iterable[tuple[str, Path]]) -> None:
+    """Write (name in the tar, file) pairs as a deterministic tar (mode 0644, mtime 0) to ``fileobj``."""
+    with tarfile.open(fileobj=fileobj, mode="w") as tar:
+        for name, path in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            with path.open("rb") as data:
+                tar.addfile(info, data)
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -151,7 +157,7 @@ def check_image(client: docker.DockerClient, tag: str = DEFAULT_IMAGE) -> ImageI
     return info
 
 
-def _find_by_hash(client: docker.DockerClient, digest: str) -> Image | None:
+def find_by_hash(client: docker.DockerClient, digest: str) -> Image | None:
     """An existing image whose content-hash label is ``digest``."""
     try:
         found = client.images.list(filters={"label": f"{CONTENT_HASH_LABEL}={digest}"})
@@ -160,9 +166,22 @@ def _find_by_hash(client: docker.DockerClient, digest: str) -> Image | None:
     return found[0] if found else None
 
 
-def _base(client: docker.DockerClient, base_image: str | None, force: bool, log: Log) -> tuple[str, str]:
+def offline_builder():
+    """``sandbox_image.builder``, host-only: the orchestrator's image does not ship it."""
+    try:
+        from sandbox_image import builder
+    except ImportError as exc:
+        raise SandboxUnavailable(
+            "this installation has no offline base-image builder (sandbox_image/builder.py, host-only): "
+            "build images on the Docker host from a source checkout (scripts/setup.sh), or pass --base-image"
+        ) from exc
+    return builder
+
+
+def resolve_base(client: docker.DockerClient, base_image: str | None, force: bool, log: Log) -> tuple[str, str]:
     """(name, id) of the base: the offline one built here, or the user's."""
     if base_image is None:
+        builder = offline_builder()
         try:
             base_image = builder.ensure_base_image(client, force=force, log=log)
         except builder.BaseImageError as exc:
@@ -188,22 +207,24 @@ def build_args(base_image: str, offline: bool, digest: str = "") -> dict[str, st
     return args
 
 
-def _stream_build(
+def stream_build(
     client: docker.DockerClient,
-    context: bytes,
+    context: bytes | IO[bytes],
     tag: str,
     args: dict[str, str],
     *,
     offline: bool,
     force: bool,
     log: Log,
+    dockerfile: str = DOCKERFILE,
+    what: str = "sandbox image",
 ) -> None:
-    """Run the build, logging each step with the seconds since the start."""
+    """Run the build of a tar ``context``, logging each step with the seconds since the start."""
     start, tail = time.monotonic(), []
     stream = client.api.build(
-        fileobj=io.BytesIO(context),
+        fileobj=io.BytesIO(context) if isinstance(context, bytes) else context,
         custom_context=True,
-        dockerfile=DOCKERFILE,
+        dockerfile=dockerfile,
         tag=tag,
         buildargs=args,
         network_mode="none" if offline else None,  # the offline base needs nothing from outside
@@ -216,7 +237,7 @@ def _stream_build(
     for chunk in stream:
         if "errorDetail" in chunk or "error" in chunk:
             detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error")
-            raise SandboxUnavailable(f"sandbox image build failed: {detail}\n{''.join(tail[-30:])}")
+            raise SandboxUnavailable(f"{what} build failed: {detail}\n{''.join(tail[-30:])}")
         text = chunk.get("stream", "")
         tail.append(text)
         if text.startswith("Step "):
@@ -239,10 +260,10 @@ def build_image(
     client = client or connect(timeout=BUILD_TIMEOUT_S)
     root = root or project_root()
     files = context_files(root)
-    base_name, base_id = _base(client, base_image, force, log)
+    base_name, base_id = resolve_base(client, base_image, force, log)
     offline = base_image is None
     digest = content_hash(root, files, base_id, build_args(base_name, offline))
-    cached = None if force else _find_by_hash(client, digest)
+    cached = None if force else find_by_hash(client, digest)
     try:
         if cached is not None:
             cached.tag(*split_tag(tag))
@@ -250,16 +271,16 @@ def build_image(
         else:
             args = build_args(base_name, offline, digest)
             context = context_tar(root, files)
-            _stream_build(client, context, tag, args, offline=offline, force=force, log=log)
+            stream_build(client, context, tag, args, offline=offline, force=force, log=log)
             log(f"[image] {tag}: built in {time.monotonic() - start:.1f} s ({digest})")
     except (docker.errors.DockerException, requests.RequestException) as exc:
         raise SandboxUnavailable(f"sandbox image build failed: {exc}") from exc
     info = check_image(client, tag)
-    _prune_replaced(client, log)
+    prune_replaced(client, log)
     return info
 
 
-def _prune_replaced(client: docker.DockerClient, log: Log) -> None:
+def prune_replaced(client: docker.DockerClient, log: Log) -> None:
     """Remove our untagged old builds that no container uses (never anyone else's images)."""
     try:
         result = client.images.prune(filters={"dangling": True, "label": CONTENT_HASH_LABEL})
@@ -267,7 +288,7 @@ def _prune_replaced(client: docker.DockerClient, log: Log) -> None:
         return  # housekeeping only; the new image is in place
     removed = [d for d in result.get("ImagesDeleted") or [] if d.get("Deleted")]
     if removed:
-        log(f"[image] removed {len(removed)} layer(s) of replaced sandbox images")
+        log(f"[image] removed {len(removed)} layer(s) of replaced images")
 
 
 # ---------------------------------------------------------------- command line
@@ -275,8 +296,11 @@ def _prune_replaced(client: docker.DockerClient, log: Log) -> None:
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``build`` and ``check`` subcommands to an ``image`` parser."""
+    from orchestrator.deploy import ORCHESTRATOR_IMAGE
+
     commands = parser.add_subparsers(dest="image_command", required=True, metavar="{build,check}")
-    build = commands.add_parser("build", help="build the sandbox image (cached by content hash)")
+    which = f"(default {DEFAULT_IMAGE}, or {ORCHESTRATOR_IMAGE} with --orchestrator)"
+    build = commands.add_parser("build", help="build the sandbox image, or the orchestrator's (cached by content hash)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument(
         "--base-image",
@@ -284,14 +308,17 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="build on this image (e.g. pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime) "
         "instead of the offline Debian base",
     )
-    build.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image name (default {DEFAULT_IMAGE})")
-    check = commands.add_parser("check", help="show the sandbox image and check its protocol")
-    check.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image name (default {DEFAULT_IMAGE})")
+    build.add_argument("--orchestrator", action="store_true",
+                       help="build the orchestrator's image for compose.yaml instead of the sandbox image")
+    build.add_argument("--tag", help=f"image name {which}")
+    check = commands.add_parser("check", help="show the sandbox image (or the orchestrator's) and check its protocol")
+    check.add_argument("--orchestrator", action="store_true", help="show the orchestrator's image instead")
+    check.add_argument("--tag", help=f"image name {which}")
 
 
 def add_image_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``image build|check`` on a CLI's subparsers (``args.func`` is run_image_command)."""
-    parser = subparsers.add_parser("image", help="build or check the sandbox image")
+    parser = subparsers.add_parser("image", help="build or check the sandbox image (or the orchestrator's)")
     _configure(parser)
     parser.set_defaults(func=run_image_command)
     return parser
@@ -306,10 +333,14 @@ def _describe(info: ImageInfo) -> str:
 
 def run_image_command(args: argparse.Namespace) -> int:
     """Run a parsed ``image`` subcommand; ResearcherError propagates to the caller."""
+    from orchestrator.deploy import ORCHESTRATOR_IMAGE, build_orchestrator_image, check_orchestrator_image
+
+    tag = args.tag or (ORCHESTRATOR_IMAGE if args.orchestrator else DEFAULT_IMAGE)
     if args.image_command == "build":
-        info = build_image(force=args.force, base_image=args.base_image, tag=args.tag)
+        build = build_orchestrator_image if args.orchestrator else build_image
+        info = build(force=args.force, base_image=args.base_image, tag=tag)
     elif args.image_command == "check":
-        info = check_image(connect(), args.tag)
+        info = (check_orchestrator_image if args.orchestrator else check_image)(connect(), tag)
     else:
         raise UsageError(f"unknown image command {args.image_command!r}: use build or check")
     print(_describe(info))

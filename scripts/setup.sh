@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up this checkout on a Debian 12 machine, as root: Docker engine (+ gVisor), the
-# Fashion-MNIST package, .venv with the project, and the sandbox image.
+# Set up this checkout on a Debian 12 machine, as root: Docker engine (+ gVisor), docker-compose,
+# the Fashion-MNIST package, .venv with the project, the sandbox image and the orchestrator's
+# image (for compose.yaml; both built offline, no registry needed).
 # Idempotent: a second run only checks, and takes seconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,10 +28,10 @@ apt_install() {
 }
 
 install_packages() {
-    apt_install docker.io debootstrap dataset-fashion-mnist ca-certificates
-    # Optional: gVisor and Compose v1 are nice to have, never required.
+    # docker-compose (v1, the one Debian ships) runs compose.yaml and its tests.
+    apt_install docker.io debootstrap dataset-fashion-mnist ca-certificates docker-compose
+    # Optional: gVisor is nice to have, never required.
     apt_install runsc || say "warning: runsc (gVisor) not installed; --runtime runsc unavailable"
-    apt_install docker-compose || say "warning: docker-compose not installed"
 }
 
 alive() {
@@ -115,6 +116,8 @@ make_venv() {
 }
 
 build_image() {
+    # `image build` options follow RESEARCHER_* variables; these two would change what is built.
+    unset RESEARCHER_ORCHESTRATOR RESEARCHER_TAG
     if .venv/bin/researcher image build --help >/dev/null 2>&1; then
         .venv/bin/researcher image build
     else
@@ -122,9 +125,16 @@ build_image() {
     fi
 }
 
+build_orchestrator_image() {
+    # pytorch-researcher:latest for compose.yaml: on the sandbox's offline base, plus the wheels
+    # the host's pip downloads once; cached by content hash like the sandbox image.
+    .venv/bin/researcher image build --orchestrator
+}
+
 install_packages;  say "packages ok"
 start_dockerd;     say "docker ok"
 register_gvisor;   say "gVisor ok"
 make_venv;         say ".venv ok"
 build_image;       say "sandbox image ok"
+build_orchestrator_image; say "orchestrator image ok"
 say "setup done"
