@@ -14,7 +14,9 @@ checked, training about to start).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,7 +27,8 @@ from pathlib import Path
 
 import msgspec
 
-from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.config import SandboxConfig, validate
+from orchestrator.sandbox.pool import DEFAULT_SPARE
 from sandbox_image.protocol import Job, TrainSpec
 
 
@@ -48,15 +51,22 @@ class ModeResult:
     peaks: list[int] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)  # cold mode: seconds per phase per job
+    logits_bytes: list[int] = field(default_factory=list)
+    train_s: list[float] = field(default_factory=list)  # direct mode: training seconds per candidate
+    cpu_s: float | None = None  # busy CPU seconds of the whole host during the mode
 
     def summary(self, n: int) -> dict:
         """JSON-ready figures."""
         data = {"wall_s": round(self.wall_s, 3), "candidates_per_min": round(60 * n / self.wall_s, 2) if self.wall_s else None,
+                "host_cpu_s_per_candidate": None if self.cpu_s is None else round(self.cpu_s / n, 3),
                 "failures": self.failures}
         if self.handoffs_s:
             ordered = sorted(self.handoffs_s)
             data["handoff_ms_p50"] = round(1000 * statistics.median(ordered), 1)
             data["handoff_ms_p95"] = round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
+        if self.phases:
+            data["phase_ms_median"] = {k: round(1000 * statistics.median(p[k] for p in self.phases), 1) for k in PHASES}
         if self.peaks:
             data["peak_memory_mb_max"] = round(max(self.peaks) / 2**20, 1)
             data["peak_memory_mb_median"] = round(statistics.median(self.peaks) / 2**20, 1)
@@ -90,14 +100,38 @@ def run_direct(items, prepared, threads: int) -> ModeResult:
     warm_up()
     data = prepared.train_data()
     result = ModeResult("direct")
-    start = time.monotonic()
-    for item in items:
-        module = types.ModuleType(f"bench_{item.cid}")
-        exec(compile(item.source, f"<{item.cid}>", "exec"), module.__dict__)  # noqa: S102 - our own rendered source
-        seed = train_seed(module.Net, data, item.train, seed=0)
-        result.accuracies.append(float((seed.logits.argmax(1) == prepared.test_y).mean()))
-    result.wall_s = time.monotonic() - start
+    with _clock(result):
+        for item in items:
+            module = types.ModuleType(f"bench_{item.cid}")
+            exec(compile(item.source, f"<{item.cid}>", "exec"), module.__dict__)  # noqa: S102 - our own rendered source
+            seed = train_seed(module.Net, data, item.train, seed=0)
+            result.accuracies.append(float((seed.logits.argmax(1) == prepared.test_y).mean()))
+            result.train_s.append(seed.seconds)
     return result
+
+
+@contextlib.contextmanager
+def _clock(result: ModeResult):
+    """Set the wall time and the host's busy CPU time (every process, dockerd included) of a mode."""
+    cpu, start = host_cpu_seconds(), time.monotonic()
+    try:
+        yield
+    finally:
+        result.wall_s = time.monotonic() - start
+        after = host_cpu_seconds()
+        result.cpu_s = None if cpu is None or after is None else after - cpu
+
+
+def host_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole host since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...: everything but idle and iowait
+    ticks = [int(v) for v in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _job(item: BenchCandidate, facts, spec, config: SandboxConfig) -> Job:
@@ -116,39 +150,63 @@ def _collect(result: ModeResult, job_result, prepared) -> None:
     result.accuracies.append(float((logits.argmax(1) == prepared.test_y).mean()))
 
 
-def run_cold(items, prepared, spec, data_dir: Path, backend, config: SandboxConfig) -> ModeResult:
-    """One fresh container per job, start-up included in every job."""
-    from orchestrator.sandbox.runner import run_job
+#: Phases of one cold job, in order, as the profile reports them.
+PHASES = ("prepare", "container_start", "imports", "handoff", "train", "result", "teardown")
 
+
+def run_cold(items, prepared, spec, data_dir: Path, backend, config: SandboxConfig) -> ModeResult:
+    """One fresh container per job, start-up included in every job; each phase timed."""
     facts = prepared.facts()
     result = ModeResult("sandbox_cold")
-    start = time.monotonic()
-    for item in items:
-        job_result = run_job(backend, _job(item, facts, spec, config), config, data_dir=data_dir, n_test=facts.n_test)
-        _collect(result, job_result, prepared)
-    result.wall_s = time.monotonic() - start
+    with _clock(result):
+        for item in items:
+            _run_cold_one(_job(item, facts, spec, config), prepared, data_dir, backend, config, result)
     return result
 
 
-def run_warm(items, prepared, spec, data_dir: Path, backend, config: SandboxConfig, parallel: int) -> ModeResult:
+def _run_cold_one(job: Job, prepared, data_dir: Path, backend, config: SandboxConfig, result: ModeResult) -> None:
+    """``runner.run_job`` taken apart so that each phase of a cold job is timed."""
+    from orchestrator.sandbox.runner import Slot, execute
+
+    t0 = time.monotonic()
+    slot = Slot(backend, config, data_dir=data_dir, slot_id=job.job_id)  # job dir and socket
+    try:
+        t1 = time.monotonic()
+        slot.start()  # docker create + start
+        t2 = time.monotonic()
+        slot.wait_ready()  # python, worker and torch imports in the container
+        t3 = time.monotonic()
+        job_result = execute(slot, job, n_test=prepared.facts().n_test)
+        t4 = time.monotonic()
+    finally:
+        slot.close()  # docker rm -f, socket and job dir
+    t5 = time.monotonic()
+    _collect(result, job_result, prepared)
+    train = sum(p.seconds for p in job_result.predictions)
+    handoff = job_result.handoff_seconds
+    result.phases.append({"prepare": t1 - t0, "container_start": t2 - t1, "imports": t3 - t2, "handoff": handoff,
+                          "train": train, "result": max(0.0, (t4 - t3) - handoff - train), "teardown": t5 - t4})
+    result.logits_bytes.extend(len(p.logits) for p in job_result.predictions)
+
+
+def run_warm(items, prepared, spec, data_dir: Path, backend, config: SandboxConfig, parallel: int,
+             spare: int = DEFAULT_SPARE) -> ModeResult:
     """Warm pool: slots Ready before the jobs come; ``parallel`` jobs at once."""
     from orchestrator.sandbox.pool import WarmPool
     from orchestrator.sandbox.runner import execute
 
     facts = prepared.facts()
     result = ModeResult(f"sandbox_warm_parallel{parallel}")
-    with WarmPool(backend, config, size=parallel, data_dir=data_dir) as pool:
-        _wait_full(pool, parallel)  # fill the pool first: its start-up is not the jobs'
+    with WarmPool(backend, config, size=parallel, spare=spare, data_dir=data_dir) as pool:
+        _wait_full(pool, parallel + spare)  # fill the pool first: its start-up is not the jobs'
 
         def one(item):
             with pool.acquire() as slot:
                 return execute(slot, _job(item, facts, spec, config), n_test=facts.n_test)
 
-        start = time.monotonic()
-        with ThreadPoolExecutor(max_workers=parallel) as workers:
+        with _clock(result), ThreadPoolExecutor(max_workers=parallel) as workers:
             for job_result in workers.map(one, items):
                 _collect(result, job_result, prepared)
-        result.wall_s = time.monotonic() - start
     return result
 
 
@@ -159,23 +217,23 @@ def _wait_full(pool, size: int, timeout_s: float = 300.0) -> None:
 
 
 def bench(*, count: int, epochs: int, parallel: int, backend_factory, image: str, memory: str,
-          progress=print) -> dict:
+          progress=print, jobs_dir: str | None = None, spare: int = DEFAULT_SPARE) -> dict:
     """Run the three modes on the same set and return the figures."""
     import os
     import shutil
-    import tempfile
 
+    from orchestrator.sandbox.runner import make_private_dir
     from orchestrator.training import load_prepared
 
     cores = os.cpu_count() or 1
     prepared = load_prepared("digits", None)
     facts = prepared.facts()
     items = candidates(facts, count, epochs)
-    scratch = Path(tempfile.mkdtemp(prefix="researcher-bench-"))
-    report: dict = {"candidates": count, "epochs": epochs, "dataset": "digits", "host_cores": cores}
+    one = validate(SandboxConfig(image=image, memory=memory, cpus=1.0, timeout_s=600, jobs_dir=jobs_dir))
+    scratch = make_private_dir(Path(one.jobs_root), "researcher-bench-")  # same path in a container
+    report: dict = {"candidates": count, "epochs": epochs, "dataset": "digits", "host_cores": cores, "spare_slots": spare}
     try:
         spec = prepared.write_sandbox_dir(scratch / "data")
-        one = SandboxConfig(image=image, memory=memory, cpus=1.0, timeout_s=600)
         progress(f"bench: {count} digits candidates x {epochs} epochs, 1 seed, 1 thread each")
         direct = run_direct(items, prepared, threads=1)
         progress(f"  direct (no isolation):        {direct.wall_s:7.1f} s")
@@ -183,12 +241,12 @@ def bench(*, count: int, epochs: int, parallel: int, backend_factory, image: str
         try:
             cold = run_cold(items, prepared, spec, scratch / "data", backend, one)
             progress(f"  sandboxed cold (1 per job):   {cold.wall_s:7.1f} s")
-            warm1 = run_warm(items, prepared, spec, scratch / "data", backend, one, 1)
+            warm1 = run_warm(items, prepared, spec, scratch / "data", backend, one, 1, spare)
             progress(f"  sandboxed warm, parallel 1:   {warm1.wall_s:7.1f} s")
             modes = [direct, cold, warm1]
             if parallel > 1:
                 share = msgspec.structs.replace(one, cpus=float(max(1, cores // parallel)))
-                warmn = run_warm(items, prepared, spec, scratch / "data", backend, share, parallel)
+                warmn = run_warm(items, prepared, spec, scratch / "data", backend, share, parallel, spare)
                 progress(f"  sandboxed warm, parallel {parallel}:   {warmn.wall_s:7.1f} s")
                 modes.append(warmn)
         finally:
@@ -205,7 +263,25 @@ def bench(*, count: int, epochs: int, parallel: int, backend_factory, image: str
     if parallel > 1:
         report["parallel_speedup"] = round(warm1.wall_s / modes[-1].wall_s, 3)
     report["accuracy_mean"] = {m.name: round(statistics.fmean(m.accuracies), 4) for m in modes if m.accuracies}
+    report["profile"] = profile(direct, cold, modes, count)
     return report
+
+
+def profile(direct: ModeResult, cold: ModeResult, modes: list[ModeResult], count: int) -> dict:
+    """Where a sandboxed candidate's time goes: cold phases, and CPU per candidate by mode."""
+    phases = {k: statistics.median(p[k] for p in cold.phases) for k in PHASES} if cold.phases else {}
+    fixed = sum(phases.get(k, 0.0) for k in ("prepare", "container_start", "imports", "teardown"))
+    out = {
+        "cold_phase_ms_median": {k: round(1000 * v, 1) for k, v in phases.items()},
+        "fixed_cost_ms_per_container": round(1000 * fixed, 1),
+        "direct_train_ms_median": round(1000 * statistics.median(direct.train_s), 1) if direct.train_s else None,
+        "logits_kb_per_seed": round(statistics.median(cold.logits_bytes) / 1024, 1) if cold.logits_bytes else None,
+        "host_cpu_s_per_candidate": {m.name: m.summary(count)["host_cpu_s_per_candidate"] for m in modes},
+    }
+    cpu = out["host_cpu_s_per_candidate"]
+    if cpu.get("direct") is not None and len(modes) > 2 and cpu.get(modes[2].name) is not None:
+        out["isolation_cpu_s_per_candidate"] = round(cpu[modes[2].name] - cpu["direct"], 3)
+    return out
 
 
 def print_report(report: dict, *, as_json: bool, stream=None) -> None:
@@ -222,3 +298,12 @@ def print_report(report: dict, *, as_json: bool, stream=None) -> None:
     if "parallel_speedup" in report:
         stream.write(f"parallel speed-up: {report['parallel_speedup']}x\n")
     stream.write(f"peak memory per container: {report['peak_memory_mb_per_container']} MB\n")
+    prof = report.get("profile") or {}
+    if prof.get("cold_phase_ms_median"):
+        phases = ", ".join(f"{k} {v:g}" for k, v in prof["cold_phase_ms_median"].items())
+        stream.write(f"cold job phases (median ms): {phases}\n")
+        stream.write(f"fixed cost per container (prepare+container_start+imports+teardown): {prof['fixed_cost_ms_per_container']:g} ms "
+                     f"vs {prof['direct_train_ms_median']} ms of training per candidate (direct)\n")
+    if prof.get("isolation_cpu_s_per_candidate") is not None:
+        stream.write(f"host CPU per candidate: {prof['host_cpu_s_per_candidate']} s; isolation adds "
+                     f"{prof['isolation_cpu_s_per_candidate']:g} s of CPU per candidate\n")

@@ -224,9 +224,9 @@ def _ready() -> Ready:
 def serve(endpoint: str, *, warm_up: bool = False) -> int:
     """Connect to the host, announce Ready, run one job, and exit.
 
-    ``warm_up`` (a warm-pool slot) pays torch's lazy optimiser imports (torch._dynamo,
-    about 1.5 s) before Ready, so the job does not; the cold path skips it, and a check
-    without training never needs it.
+    ``warm_up`` (a warm-pool slot) pays torch's one-time costs (first autograd pass
+    and optimiser step) before Ready, so the job does not; the cold path skips it,
+    and a check without training never needs it.
     """
     if warm_up:
         from evaluator.recipe import warm_up as _warm
