@@ -61,6 +61,8 @@ class ResearchLoop:
         self.facts = prepared.facts()
         self.state = LoopState()
         self._planner_lock = threading.Lock()  # planners are not thread-safe; pruning calls come from workers
+        self._slots: dict[str, object] = {}  # candidate id -> the Slot its worker thread runs it in
+        self._slots_lock = threading.Lock()
 
     # ------------------------------------------------------------------ main loop
 
@@ -84,13 +86,28 @@ class ResearchLoop:
                         history.append(self._record(cid, proposal, future))
                     self._refresh_view()
             except BaseException:
+                # Ctrl-C, SIGTERM or a crash: do not wait for candidates mid-training. Their
+                # sandboxes are killed (the records stay "running", so resume redoes them) and
+                # the pool closes, so the worker threads return within seconds.
                 for future in in_flight:
                     future.cancel()
+                self._abort_in_flight()
                 raise
         reason = self.state.stop_reason
         kind = "target_met" if reason.startswith("target met") else "budget_spent" if "budget" in reason else "planner_done"
         self.registry.log_event(kind, reason)
         return reason
+
+    def _abort_in_flight(self) -> None:
+        """Kill every running candidate's sandbox and close the pool (threads waiting on it give up)."""
+        self.pool.close()
+        with self._slots_lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            try:
+                slot.sandbox.kill()
+            except Exception:  # noqa: BLE001 - already gone; the worker thread's close() cleans up
+                pass
 
     def stop_reason(self) -> str:
         """Why the loop must not start another candidate ('' = go on)."""
@@ -161,8 +178,14 @@ class ResearchLoop:
                   train=proposal.train, data=self.data_spec)
         slot = self.pool.acquire()
         with slot:
-            result = execute(slot, job, n_test=self.facts.n_test,
-                             on_message=lambda msg: self._on_message(cid, proposal, msg))
+            with self._slots_lock:
+                self._slots[cid] = slot
+            try:
+                result = execute(slot, job, n_test=self.facts.n_test,
+                                 on_message=lambda msg: self._on_message(cid, proposal, msg))
+            finally:
+                with self._slots_lock:
+                    self._slots.pop(cid, None)
         if result.failure is not None or result.stopped:
             return Evaluation(result=result, failure=result.failure)
         from orchestrator.training import score_result

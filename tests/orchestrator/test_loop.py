@@ -108,3 +108,51 @@ def test_resume_marks_interrupted_candidates_and_finishes_the_budget(tmp_path):
         assert records[0].failure.kind is FailureKind.CRASHED and records[0].failure.message.startswith("interrupted")
         assert len(records) == 3  # the interrupted one does not count against the budget of 2
         assert [e.kind for e in registry.events() if e.kind == "resumed"] == ["resumed"]
+
+
+SLOW = GOOD.replace("return self.f(x)", "__import__('time').sleep(0.05)\n        return self.f(x)")
+
+
+class CountingBackend(SubprocessBackend):
+    def __init__(self):
+        self.created = []
+
+    def create(self, *args):
+        sandbox = super().create(*args)
+        self.created.append(sandbox)
+        return sandbox
+
+
+def test_ctrl_c_kills_candidates_mid_training_instead_of_waiting_for_them(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    from orchestrator.loop import ResearchLoop
+
+    sources = [SLOW, SLOW]
+
+    class Slow(ScriptedPlanner):
+        def propose(self, history):
+            return Proposal(source=sources.pop(), train=TrainSpec(epochs=500)) if sources else None
+
+    monkeypatch.setattr("orchestrator.research.make_planner", lambda *a: Slow([]))
+    pressed: list[float] = []
+    refresh = ResearchLoop._refresh_view
+
+    def press_ctrl_c_once_training(self):
+        refresh(self)
+        if any(e["epoch"] for e in self.state.in_flight.values()) and not pressed:
+            pressed.append(time.monotonic())
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResearchLoop, "_refresh_view", press_ctrl_c_once_training)
+    backend = CountingBackend()
+    settings = msgspec.structs.replace(_settings(name="r5", max_candidates=2), parallel=2)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(settings, root=tmp_path, config=CONFIG, secrets=Secrets(), backend_factory=lambda: backend)
+    assert pressed and time.monotonic() - pressed[0] < 20  # 500 slow epochs would take many minutes
+    assert backend.created and all(s.exit_status() is not None for s in backend.created)
+    with Registry.open(tmp_path / "r5", readonly=True) as registry:
+        assert registry.run().status == "interrupted"
+        assert [r.status for r in registry.candidates()] == ["running", "running"]  # resume redoes them
