@@ -1,0 +1,251 @@
+"""The sandbox in your own pytest suite, through testcontainers.
+
+    from orchestrator.testing import check_model
+
+    def test_my_net_learns_digits():
+        outcome = check_model("models/net.py", dataset="digits", train=True, epochs=5)
+        assert outcome.result.failure is None, outcome.result.failure
+        assert outcome.scores.metrics["accuracy"].mean > 0.95
+
+``check_model`` is ``researcher check`` as a function: it calls the same
+``run_check`` and returns the same ``CheckOutcome``, with a failing model as a
+recorded ``Failure``, never an exception. The containers are ``SandboxContainer``s,
+testcontainers ``DockerContainer``s built from the product's own
+``container_kwargs`` (no second copy of the hardening), checked once more on the
+started container before any model code is sent. ``SandboxBackend`` hands them
+to the runner, so a job speaks the same protocol over the same ``Slot`` and
+``Channel`` as the command line.
+
+testcontainers normally starts Ryuk, a reaper container from Docker Hub; hosts
+without a registry set ``TESTCONTAINERS_RYUK_DISABLED=true``. Every sandbox
+carries the product's labels either way, so ``researcher cleanup`` removes what
+a killed test session leaves behind. Needs the ``test`` extra
+(``pip install -e '.[test]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from os import PathLike
+from pathlib import Path
+
+import docker.errors
+from testcontainers.core.config import testcontainers_config
+from testcontainers.core.container import DockerContainer
+
+from orchestrator.check import CheckOutcome, CheckRequest, run_check
+from orchestrator.exceptions import SandboxUnavailable, UsageError
+from orchestrator.image import check_image
+from orchestrator.sandbox.base import ExitStatus, Mounts
+from orchestrator.sandbox.config import DEFAULT_IMAGE, SandboxConfig, validate
+from orchestrator.sandbox.docker import SOCKET_NAME, _explain_create_error, connect, container_kwargs
+from sandbox_image.protocol import TrainSpec
+
+__all__ = ["SandboxBackend", "SandboxContainer", "check_model"]
+
+#: Keys of ``container_kwargs`` that DockerContainer takes through its own API.
+_OWN_API = ("image", "command", "environment", "volumes", "tmpfs", "name", "detach")
+
+
+class SandboxContainer(DockerContainer):
+    """One hardened sandbox container for one job, as a testcontainers container.
+
+    It implements the runner's ``Sandbox`` protocol (start, exit_status,
+    wait_exit, kill, logs, close); the worker inside says ``Ready`` over the
+    job's socket, which ``Slot.wait_ready`` waits for.
+    """
+
+    def __init__(self, job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig,
+                 *, docker_client_kw: dict | None = None) -> None:
+        settings = container_kwargs(job_id, job_dir, data_dir, config)
+        super().__init__(settings["image"], docker_client_kw=docker_client_kw, env=settings["environment"],
+                         name=settings["name"])
+        self.image = settings["image"]  # a local image: no hub prefix, never pulled
+        self.with_command(settings["command"])
+        for host, mount in settings["volumes"].items():
+            self.with_volume_mapping(host, mount["bind"], mount["mode"])
+        self.tmpfs.update(settings["tmpfs"])
+        # Everything else (no network, read-only root, capabilities, user, limits, labels,
+        # runtime, GPUs) goes to Docker as it is. `network` too: without it testcontainers
+        # joins the container to the network of a container the tests run in (Docker in
+        # Docker), and docker-py lets `network` override `network_mode`.
+        rest = {key: value for key, value in settings.items() if key not in _OWN_API}
+        self.with_kwargs(network=settings["network_mode"], **rest)
+        self.settings = settings
+        self.config = config
+        self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)
+        self._exit: ExitStatus | None = None
+        self._exited = threading.Event()
+        self._watching = False
+
+    def start(self) -> SandboxContainer:
+        """Check the image, create and start the container, verify its hardening, watch its exit."""
+        client = self.get_docker_client().client
+        try:
+            check_image(client, self.image)  # else testcontainers would try to pull it
+            super().start()
+            problems = hardening_problems(client.api.inspect_container(self.get_container_id()), self.settings)
+        except docker.errors.DockerException as exc:
+            self.close()
+            if "ryuk" in str(exc).lower():  # testcontainers starts its reaper first
+                raise SandboxUnavailable(
+                    f"testcontainers could not start Ryuk, its reaper, from {testcontainers_config.ryuk_image} "
+                    f"({str(exc)[:200]}); without a registry set TESTCONTAINERS_RYUK_DISABLED=true"
+                ) from exc
+            raise _explain_create_error(exc, self.config) from exc
+        except BaseException:
+            self.close()
+            raise
+        if problems:  # no model code has been sent yet: the worker only waits for its Job
+            self.close()
+            raise SandboxUnavailable(f"the sandbox container is not hardened as asked: {'; '.join(problems)}")
+        self._watching = True
+        threading.Thread(target=self._wait, name=f"wait-{self.settings['name']}", daemon=True).start()
+        return self
+
+    def _wait(self) -> None:
+        container = self.get_wrapped_container()
+        try:
+            result = container.wait()
+            state = self.get_docker_client().client.api.inspect_container(container.id)["State"]
+            self._exit = ExitStatus(exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
+                                    oom_killed=bool(state.get("OOMKilled")), error=str(state.get("Error") or ""))
+        except docker.errors.DockerException as exc:
+            self._exit = ExitStatus(exit_code=-1, error=f"lost the container: {exc}")
+        self._exited.set()
+
+    def exit_status(self) -> ExitStatus | None:
+        """The exit status once the container has stopped (never blocks)."""
+        return self._exit if self._exited.is_set() else None
+
+    def wait_exit(self, timeout: float) -> ExitStatus | None:
+        """Wait up to ``timeout`` seconds for the container to stop."""
+        self._exited.wait(timeout)
+        return self.exit_status()
+
+    def kill(self) -> None:
+        """SIGKILL the container (its init process makes this immediate)."""
+        if self._container is None or self._exited.is_set():
+            return
+        try:
+            self._container.kill()
+        except docker.errors.DockerException:
+            pass  # already stopped: the waiter thread reports how
+
+    def logs(self, tail: int = 50) -> str:
+        """The last lines of the container's output."""
+        if self._container is None:
+            return ""
+        try:
+            return self._container.logs(tail=tail).decode("utf-8", "replace")
+        except docker.errors.DockerException:
+            return ""
+
+    def stop(self, force: bool = True, delete_volume: bool = True) -> None:
+        """Kill and remove the container, close the client; safe to call twice."""
+        if self._container is not None:
+            self.kill()
+            if self._watching:
+                self._exited.wait(10)
+            try:
+                self._container.remove(force=force, v=delete_volume)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException:
+                self._remove_by_name()
+            self._container = None
+        self.get_docker_client().client.close()
+
+    def _remove_by_name(self) -> None:
+        try:
+            self.get_docker_client().client.containers.get(self.settings["name"]).remove(force=True, v=True)
+        except docker.errors.DockerException:
+            pass
+
+    def close(self) -> None:
+        """Remove the container (the runner's name for ``stop``)."""
+        self.stop()
+
+
+def hardening_problems(attrs: dict, settings: dict) -> list[str]:
+    """Where a started container's inspect data differs from the hardening it was asked for."""
+    host, config = attrs["HostConfig"], attrs["Config"]
+    checks = [
+        ("network", host.get("NetworkMode"), settings["network_mode"]),
+        ("read-only root", bool(host.get("ReadonlyRootfs")), settings["read_only"]),
+        ("dropped capabilities", sorted(host.get("CapDrop") or []), sorted(settings["cap_drop"])),
+        ("added capabilities", host.get("CapAdd") or [], []),
+        ("privileged", bool(host.get("Privileged")), False),
+        ("security options", sorted(host.get("SecurityOpt") or []), sorted(settings["security_opt"])),
+        ("user", config.get("User"), settings["user"]),
+        ("pids limit", host.get("PidsLimit"), settings["pids_limit"]),
+        ("writable mounts", [m["Destination"] for m in attrs.get("Mounts", []) if m.get("RW")], []),
+    ]
+    return [f"{name} is {got!r}, not {want!r}" for name, got, want in checks if got != want]
+
+
+class SandboxBackend:
+    """A runner backend whose sandboxes are ``SandboxContainer``s (for ``run_job``, ``Slot``)."""
+
+    name = "testcontainers"
+    unsafe = False
+
+    def __init__(self, image: str = DEFAULT_IMAGE, *, docker_client_kw: dict | None = None) -> None:
+        client = connect()  # SandboxUnavailable saying how to get an engine
+        try:
+            check_image(client, image)
+        finally:
+            client.close()
+        self._docker_client_kw = docker_client_kw
+        self._made: list[SandboxContainer] = []
+
+    def create(self, job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> SandboxContainer:
+        """A container (not yet started) for one job."""
+        container = SandboxContainer(job_id, job_dir, data_dir, config, docker_client_kw=self._docker_client_kw)
+        self._made.append(container)
+        return container
+
+    def close(self) -> None:
+        """Remove any container this backend made that is still there."""
+        for container in self._made:
+            container.stop()
+        self._made.clear()
+
+
+def check_model(
+    path: str | PathLike[str],
+    *,
+    class_name: str = "Net",
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    train: bool = False,
+    epochs: int = 10,
+    seeds: int = 1,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    optimizer: str = "adamw",
+    out: str | PathLike[str] | None = None,
+    config: SandboxConfig | None = None,
+) -> CheckOutcome:
+    """``researcher check`` as a function: the same arguments and the same ``CheckOutcome``.
+
+    Without ``config`` the sandbox gets the command line's defaults: every core,
+    a 2g memory cap, and 120 s (600 s with ``train``) for the whole job.
+    """
+    if epochs < 1 or seeds < 1 or batch_size < 1 or lr <= 0:
+        raise UsageError("epochs, seeds and batch_size must be >= 1 and lr > 0")
+    if (train or out is not None) and not dataset and not data_dir:
+        raise UsageError("train=True needs dataset=NAME (e.g. dataset='digits')")
+    if config is None:
+        config = SandboxConfig(image=DEFAULT_IMAGE, cpus=float(os.cpu_count() or 1), timeout_s=600.0 if train else 120.0)
+    spec = TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seeds=tuple(range(seeds)))
+    request = CheckRequest(
+        path=Path(path), class_name=class_name, input_shape=tuple(input_shape) if input_shape else None,
+        num_classes=num_classes, train=spec if train else None, dataset=dataset, data_dir=data_dir,
+        out=Path(out) if out is not None else None,
+    )
+    config = validate(config)
+    return run_check(request, lambda: SandboxBackend(config.image), config, progress=False)
