@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("researcher: interrupted; sandbox containers removed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `researcher ls | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -46,6 +46,19 @@ def check_image(client, tag: str) -> Finding:
     return Finding("sandbox image", True, f"{tag}, protocol {info.protocol}, {info.size_bytes / 1e9:.1f} GB")
 
 
+def check_orchestrator_image(client) -> Finding:
+    """The orchestrator image that compose.yaml runs (optional: the host CLI does not need it)."""
+    from orchestrator.deploy import ORCHESTRATOR_IMAGE, check_orchestrator_image as inspect
+
+    try:
+        info = inspect(client, ORCHESTRATOR_IMAGE)
+    except SandboxUnavailable as exc:
+        detail = f"{ORCHESTRATOR_IMAGE} not built" if "not found" in str(exc) else str(exc)
+        return Finding("orchestrator image", False, f"{detail} (only `docker compose up` needs it)",
+                       "researcher image build --orchestrator", required=False)
+    return Finding("orchestrator image", True, f"{ORCHESTRATOR_IMAGE}, protocol {info.protocol}, for docker compose up")
+
+
 def check_runtimes(info: dict) -> list[Finding]:
     """gVisor and the NVIDIA runtime, from `docker info`."""
     runtimes = set((info.get("Runtimes") or {}).keys())
@@ -98,6 +111,7 @@ def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path("
     if client is not None:
         try:
             findings.append(check_image(client, image))
+            findings.append(check_orchestrator_image(client))
             findings.extend(check_runtimes(client.info()))
         finally:
             client.close()

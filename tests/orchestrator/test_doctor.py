@@ -27,3 +27,22 @@ def test_with_the_engine_and_image_the_host_is_ready(docker_client):
     assert findings["docker engine"].ok and findings["sandbox image"].ok
     assert "protocol 1" in findings["sandbox image"].detail
     assert print_table(list(findings.values()), io.StringIO()) == 0
+
+
+@pytest.mark.docker
+def test_the_orchestrator_image_is_optional_and_named_with_its_build_command(docker_client):
+    from orchestrator.doctor import check_orchestrator_image
+
+    class NoImages:
+        class images:  # noqa: N801 - mimics docker-py's client.images
+            @staticmethod
+            def get(tag):
+                import docker.errors
+
+                raise docker.errors.ImageNotFound(f"no such image: {tag}")
+
+    missing = check_orchestrator_image(NoImages())
+    assert not missing.ok and not missing.required
+    assert "pytorch-researcher:latest not built" in missing.detail and missing.fix == "researcher image build --orchestrator"
+    present = check_orchestrator_image(docker_client)  # scripts/setup.sh builds it
+    assert present.ok and "protocol 1" in present.detail
