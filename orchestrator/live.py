@@ -22,6 +22,10 @@ def _fmt_ci(record, metric: str) -> str:
     return f"[{summary.ci95_low:.4f}, {summary.ci95_high:.4f}]"
 
 
+#: Seconds between progress lines when there is no terminal (compose `up`, CI logs, a pipe).
+HEARTBEAT_S = 15.0
+
+
 class LiveView:
     """Renders the loop's state; safe to use without a terminal."""
 
@@ -30,6 +34,7 @@ class LiveView:
         self.live_mode = self.console.is_terminal if enabled is None else enabled
         self._live: Live | None = None
         self._loop = None
+        self._last_line = time.monotonic()  # the first progress line comes after HEARTBEAT_S
 
     def __enter__(self) -> LiveView:
         if self.live_mode:
@@ -44,10 +49,26 @@ class LiveView:
             self._live.stop()
 
     def refresh(self, loop) -> None:
-        """Redraw from the loop's state (main thread)."""
+        """Redraw from the loop's state (main thread); without a terminal, a progress line now and then."""
         self._loop = loop
         if self._live is not None:
             self._live.update(self._render(loop))
+            return
+        now = time.monotonic()
+        if loop.state.in_flight and now - self._last_line >= HEARTBEAT_S:
+            self._last_line = now
+            print(f"[researcher] {now - loop.state.started:.0f} s: {self._in_flight_line(loop)}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _in_flight_line(loop) -> str:
+        parts = []
+        for cid, entry in list(loop.state.in_flight.items()):
+            if not entry.get("epoch"):
+                parts.append(f"{cid} starting")
+                continue
+            val = f" val acc {entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
+            parts.append(f"{cid} seed {entry.get('seed')} epoch {entry['epoch']}/{entry.get('epochs', '?')}{val}")
+        return "; ".join(parts) + f" ({loop.state.finished} finished)"
 
     def candidate_finished(self, record) -> None:
         """One line per finished candidate when there is no live panel."""

@@ -26,7 +26,6 @@ a killed test session leaves behind. Needs the ``test`` extra
 from __future__ import annotations
 
 import os
-import threading
 from os import PathLike
 from pathlib import Path
 
@@ -37,9 +36,9 @@ from testcontainers.core.container import DockerContainer
 from orchestrator.check import CheckOutcome, CheckRequest, run_check
 from orchestrator.exceptions import SandboxUnavailable, UsageError
 from orchestrator.image import check_image
-from orchestrator.sandbox.base import ExitStatus, Mounts
+from orchestrator.sandbox.base import Mounts
 from orchestrator.sandbox.config import DEFAULT_IMAGE, SandboxConfig, validate
-from orchestrator.sandbox.docker import SOCKET_NAME, _explain_create_error, connect, container_kwargs
+from orchestrator.sandbox.docker import SOCKET_NAME, ContainerWatch, _explain_create_error, connect, container_kwargs
 from sandbox_image.protocol import TrainSpec
 
 __all__ = ["SandboxBackend", "SandboxContainer", "check_model"]
@@ -48,7 +47,7 @@ __all__ = ["SandboxBackend", "SandboxContainer", "check_model"]
 _OWN_API = ("image", "command", "environment", "volumes", "tmpfs", "name", "detach")
 
 
-class SandboxContainer(DockerContainer):
+class SandboxContainer(DockerContainer, ContainerWatch):
     """One hardened sandbox container for one job, as a testcontainers container.
 
     It implements the runner's ``Sandbox`` protocol (start, exit_status,
@@ -75,9 +74,7 @@ class SandboxContainer(DockerContainer):
         self.settings = settings
         self.config = config
         self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)
-        self._exit: ExitStatus | None = None
-        self._exited = threading.Event()
-        self._watching = False
+        self._init_watch()
 
     def start(self) -> SandboxContainer:
         """Check the image, create and start the container, verify its hardening, watch its exit."""
@@ -100,47 +97,8 @@ class SandboxContainer(DockerContainer):
         if problems:  # no model code has been sent yet: the worker only waits for its Job
             self.close()
             raise SandboxUnavailable(f"the sandbox container is not hardened as asked: {'; '.join(problems)}")
-        self._watching = True
-        threading.Thread(target=self._wait, name=f"wait-{self.settings['name']}", daemon=True).start()
+        self._watch(self.settings["name"])
         return self
-
-    def _wait(self) -> None:
-        container = self.get_wrapped_container()
-        try:
-            result = container.wait()
-            state = self.get_docker_client().client.api.inspect_container(container.id)["State"]
-            self._exit = ExitStatus(exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
-                                    oom_killed=bool(state.get("OOMKilled")), error=str(state.get("Error") or ""))
-        except docker.errors.DockerException as exc:
-            self._exit = ExitStatus(exit_code=-1, error=f"lost the container: {exc}")
-        self._exited.set()
-
-    def exit_status(self) -> ExitStatus | None:
-        """The exit status once the container has stopped (never blocks)."""
-        return self._exit if self._exited.is_set() else None
-
-    def wait_exit(self, timeout: float) -> ExitStatus | None:
-        """Wait up to ``timeout`` seconds for the container to stop."""
-        self._exited.wait(timeout)
-        return self.exit_status()
-
-    def kill(self) -> None:
-        """SIGKILL the container (its init process makes this immediate)."""
-        if self._container is None or self._exited.is_set():
-            return
-        try:
-            self._container.kill()
-        except docker.errors.DockerException:
-            pass  # already stopped: the waiter thread reports how
-
-    def logs(self, tail: int = 50) -> str:
-        """The last lines of the container's output."""
-        if self._container is None:
-            return ""
-        try:
-            return self._container.logs(tail=tail).decode("utf-8", "replace")
-        except docker.errors.DockerException:
-            return ""
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         """Kill and remove the container, close the client; safe to call twice."""

@@ -122,39 +122,30 @@ def _explain_create_error(exc: docker.errors.DockerException, config: SandboxCon
     return SandboxUnavailable(f"could not start a sandbox container: {text[:400]}")
 
 
-class DockerSandbox:
-    """One container for one job; a context manager that always removes it."""
+class ContainerWatch:
+    """Exit status, kill and logs of one started container, watched by a thread.
 
-    def __init__(self, client: docker.DockerClient, kwargs: dict, data_dir: Path | None) -> None:
-        self._client = client
-        self._kwargs = kwargs
-        self._container = None
+    Shared by ``DockerSandbox`` and ``orchestrator.testing.SandboxContainer``:
+    both set ``_container`` (a docker-py Container) and call ``_watch()`` once
+    it has started.
+    """
+
+    _container = None
+
+    def _init_watch(self) -> None:
         self._exit: ExitStatus | None = None
         self._exited = threading.Event()
-        self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)
+        self._watching = False
 
-    def __enter__(self) -> DockerSandbox:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def start(self) -> None:
-        """Create and start the container, and watch for its exit in a thread."""
-        try:
-            # create + start, not run: run() pulls a missing image from a registry.
-            create = {k: v for k, v in self._kwargs.items() if k != "detach"}
-            self._container = self._client.containers.create(**create)
-            self._container.start()
-        except docker.errors.DockerException as exc:
-            self._remove_by_name()
-            raise _explain_create_error(exc, _config_from(self._kwargs)) from exc
-        threading.Thread(target=self._wait, name=f"wait-{self._kwargs['name']}", daemon=True).start()
+    def _watch(self, name: str) -> None:
+        self._watching = True
+        threading.Thread(target=self._wait, name=f"wait-{name}", daemon=True).start()
 
     def _wait(self) -> None:
+        container = self._container
         try:
-            result = self._container.wait()
-            state = self._client.api.inspect_container(self._container.id)["State"]
+            result = container.wait()
+            state = container.client.api.inspect_container(container.id)["State"]
             self._exit = ExitStatus(
                 exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
                 oom_killed=bool(state.get("OOMKilled")),
@@ -174,13 +165,51 @@ class DockerSandbox:
         return self.exit_status()
 
     def kill(self) -> None:
-        """SIGKILL the container (init=True makes this immediate)."""
+        """SIGKILL the container (its init process makes this immediate)."""
         if self._container is None or self._exited.is_set():
             return
         try:
             self._container.kill()
         except docker.errors.DockerException:
             pass  # already stopped: the waiter thread reports how
+
+    def logs(self, tail: int = 50) -> str:
+        """The last lines of the container's output."""
+        if self._container is None:
+            return ""
+        try:
+            return self._container.logs(tail=tail).decode("utf-8", "replace")
+        except docker.errors.DockerException:
+            return ""
+
+
+class DockerSandbox(ContainerWatch):
+    """One container for one job; a context manager that always removes it."""
+
+    def __init__(self, client: docker.DockerClient, kwargs: dict, data_dir: Path | None) -> None:
+        self._client = client
+        self._kwargs = kwargs
+        self._container = None
+        self._init_watch()
+        self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)
+
+    def __enter__(self) -> DockerSandbox:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Create and start the container, and watch for its exit in a thread."""
+        try:
+            # create + start, not run: run() pulls a missing image from a registry.
+            create = {k: v for k, v in self._kwargs.items() if k != "detach"}
+            self._container = self._client.containers.create(**create)
+            self._container.start()
+        except docker.errors.DockerException as exc:
+            self._remove_by_name()
+            raise _explain_create_error(exc, _config_from(self._kwargs)) from exc
+        self._watch(self._kwargs["name"])
 
     def peak_memory(self) -> int | None:
         """Peak memory of the container so far in bytes, from its cgroup (None if unreadable)."""
@@ -195,15 +224,6 @@ class DockerSandbox:
             except (OSError, ValueError):
                 continue
         return None
-
-    def logs(self, tail: int = 50) -> str:
-        """The last lines of the container's output."""
-        if self._container is None:
-            return ""
-        try:
-            return self._container.logs(tail=tail).decode("utf-8", "replace")
-        except docker.errors.DockerException:
-            return ""
 
     def close(self) -> None:
         """Kill and remove the container; safe to call twice."""

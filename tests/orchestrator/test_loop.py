@@ -10,6 +10,7 @@ from orchestrator.registry import Registry, RunSettings
 from orchestrator.research import Secrets, drive, resume_run, start_run
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.fake import SubprocessBackend
+from tests.fakes.backends import CountingBackend
 from sandbox_image.protocol import FailureKind, TrainSpec
 
 CONFIG = SandboxConfig(timeout_s=120, cpus=1)
@@ -111,16 +112,6 @@ def test_resume_marks_interrupted_candidates_and_finishes_the_budget(tmp_path):
 
 
 SLOW = GOOD.replace("return self.f(x)", "__import__('time').sleep(0.05)\n        return self.f(x)")
-
-
-class CountingBackend(SubprocessBackend):
-    def __init__(self):
-        self.created = []
-
-    def create(self, *args):
-        sandbox = super().create(*args)
-        self.created.append(sandbox)
-        return sandbox
 
 
 def test_ctrl_c_kills_candidates_mid_training_instead_of_waiting_for_them(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.fake import SubprocessBackend
+from tests.fakes.backends import CountingBackend
 from orchestrator.sandbox.pool import WarmPool
 from orchestrator.sandbox.runner import execute, new_job_id
 from sandbox_image.protocol import Job
@@ -17,16 +18,6 @@ SOURCE = (Path(__file__).resolve().parents[1] / "models" / "good_mlp.py").read_t
 
 def _job() -> Job:
     return Job(job_id=new_job_id(), source=SOURCE, class_name="Net", input_shape=(1, 8, 8), num_classes=10)
-
-
-class CountingBackend(SubprocessBackend):
-    def __init__(self):
-        self.created = []
-
-    def create(self, *args):
-        sandbox = super().create(*args)
-        self.created.append(sandbox)
-        return sandbox
 
 
 def test_slots_are_ready_before_they_are_asked_for_and_never_reused():
