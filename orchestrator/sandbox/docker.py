@@ -270,7 +270,9 @@ class DockerBackend:
         if not all_owners:
             filters["label"].append(f"{LABEL_OWNER}={owner_id()}")
         try:
-            return self._client.containers.list(all=True, filters=filters)
+            # ignore_removed: a container removed between the list and its inspect (a slot of
+            # another thread closing) is gone, which is what the caller wants anyway.
+            return self._client.containers.list(all=True, ignore_removed=True, filters=filters)
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(f"cannot list containers: {exc}") from exc
 

@@ -19,7 +19,7 @@ BENCH = [sys.executable, "-m", "orchestrator.cli", "bench", "--candidates", "2",
 
 def _sandboxes(client, pid: int) -> list:
     owner = f"{socket.gethostname()}:{pid}"
-    return client.containers.list(all=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]})
 
 
 def test_bench_json_has_every_figure_and_leaves_no_container(docker_client):

@@ -104,9 +104,9 @@ def orchestrator_image():
 
 def _containers(client, project: str, owner_host: str | None) -> list[str]:
     """Containers of the compose project, and sandboxes whose orchestrator ran on ``owner_host``."""
-    left = [c.name for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})]
+    left = [c.name for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project}"})]
     if owner_host is not None:
-        sandboxes = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE_SANDBOX}"})
+        sandboxes = client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_ROLE}={ROLE_SANDBOX}"})
         left += [c.name for c in sandboxes if c.labels.get(LABEL_OWNER, "").startswith(f"{owner_host}:")]
     return left
 

@@ -32,7 +32,7 @@ def test_interrupt_mid_run_then_resume(docker_client, tmp_path):
     assert proc.returncode == 130, err
     assert "researcher resume" in out
     owner = f"{__import__('socket').gethostname()}:{proc.pid}"
-    assert docker_client.containers.list(all=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]}) == []
+    assert docker_client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]}) == []
     with Registry.open(tmp_path / "r", readonly=True) as registry:
         assert registry.run().status == "interrupted"
         before = registry.candidates()

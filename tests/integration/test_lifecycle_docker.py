@@ -16,7 +16,7 @@ pytestmark = pytest.mark.docker
 
 
 def _sandboxes(client, owner: str) -> list:
-    return client.containers.list(all=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]})
 
 
 def test_orphans_of_a_dead_orchestrator_are_removed_on_start(docker_client):

@@ -33,7 +33,7 @@ def readme_snippet() -> str:
 
 def sandboxes_of(client, owner: str) -> list[str]:
     """Names of the sandbox containers (any state) that ``owner`` made."""
-    found = client.containers.list(all=True, filters={"label": [f"{LABEL_ROLE}={ROLE_SANDBOX}", f"{LABEL_OWNER}={owner}"]})
+    found = client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{LABEL_ROLE}={ROLE_SANDBOX}", f"{LABEL_OWNER}={owner}"]})
     return [c.name for c in found]
 
 

@@ -74,7 +74,7 @@ class WatchedSandbox:
     def start(self) -> None:
         """Start the container, then record its engine-side settings and watch its log."""
         self._inner.start()
-        found = self._client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={self._job_id}"})
+        found = self._client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_JOB}={self._job_id}"})
         if not found:
             return
         info = self._client.api.inspect_container(found[0].id)
@@ -245,7 +245,7 @@ class Outcome:
 def _leftovers(client: docker.DockerClient, job_id: str) -> list[str]:
     mine = {"label": [f"{LABEL_ROLE}={ROLE_SANDBOX}", f"{LABEL_OWNER}={owner_id()}"]}
     this_job = {"label": [f"{LABEL_JOB}={job_id}"]}
-    found = client.containers.list(all=True, filters=mine) + client.containers.list(all=True, filters=this_job)
+    found = client.containers.list(all=True, ignore_removed=True, filters=mine) + client.containers.list(all=True, ignore_removed=True, filters=this_job)
     return sorted({f"{c.name} ({c.status})" for c in found})
 
 

@@ -109,12 +109,12 @@ def test_probe_can_write_only_to_tmp_and_finds_no_socket_or_dataset(sandbox_run,
 def _assert_only_loopback(found: dict) -> None:
     assert found["if_nameindex"] == ["lo"]
     assert found["proc_net_dev"] in (["lo"], [])  # gVisor may not list lo in /proc/net/dev
-    for attempt in ("dns", "tcp_public", "tcp_docker_host"):
+    for attempt in ("dns", "route_public", "route_docker_host"):
         assert found[attempt]["result"].startswith("error:"), (attempt, found[attempt])
         assert found[attempt]["seconds"] < 1.0, f"{attempt} took {found[attempt]['seconds']} s to fail"
 
 
-def test_probe_has_only_loopback_and_every_connection_fails_at_once(sandbox_run):
+def test_probe_has_only_loopback_and_no_route_out(sandbox_run):
     outcome = sandbox_run("probe_net", timeout_s=LIMIT_S)
 
     found = outcome.probe()

@@ -1,7 +1,9 @@
 """Hostile probe: what network does the sandbox have? (It should have only loopback.)
 
-Every attempt here fails at once in a network-less container, so nothing
-leaves the machine. Reports by raising ``RuntimeError("PROBE " + json)``.
+Structural only: it lists interfaces and routes and asks the kernel for a route
+(a UDP ``connect`` sends no packet), and the one lookup (DNS) fails at once
+without an interface. Nothing here sends traffic anywhere, even where a network
+exists. Reports by raising ``RuntimeError("PROBE " + json)``.
 """
 
 import json
@@ -20,9 +22,11 @@ def _timed(action) -> dict:
     return {"result": result, "seconds": round(time.monotonic() - start, 3)}
 
 
-def _connect(host: str, port: int) -> str:
-    with socket.create_connection((host, port), timeout=3):
-        return "connected"
+def _route(host: str) -> str:
+    """Ask the kernel for a route to ``host``: connect() on UDP picks one and sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, 9))
+        return "route via " + s.getsockname()[0]
 
 
 def _proc_lines(path: str) -> list:
@@ -40,8 +44,8 @@ def _findings() -> dict:
         "proc_net_dev": [line.split(":")[0].strip() for line in dev[2:]],
         "routes": _proc_lines("/proc/net/route")[1:],
         "dns": _timed(lambda: socket.getaddrinfo("pypi.org", 443)),
-        "tcp_public": _timed(lambda: _connect("1.1.1.1", 443)),
-        "tcp_docker_host": _timed(lambda: _connect("172.17.0.1", 2375)),
+        "route_public": _timed(lambda: _route("192.0.2.1")),  # TEST-NET-1 (RFC 5737), never routed
+        "route_docker_host": _timed(lambda: _route("172.17.0.1")),  # the default bridge's gateway
     }
 
 
