@@ -29,8 +29,6 @@ from importlib import metadata
 from pathlib import Path
 
 import docker
-import docker.errors
-import requests
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
@@ -40,14 +38,12 @@ from orchestrator.image import (
     HOST_ONLY_MODULES,
     ImageInfo,
     Log,
+    build_once,
     content_hash,
-    find_by_hash,
     inspect_image,
     offline_builder,
     project_root,
-    prune_replaced,
     resolve_base,
-    split_tag,
     stream_build,
     write_tar,
 )
@@ -191,24 +187,18 @@ def build_orchestrator_image(
     args = {"BASE_IMAGE": base_name, "INSTALL_DEPS": "0" if offline else "1",
             "PROTOCOL_VERSION": str(PROTOCOL_VERSION)}
     digest = content_hash(root, files, base_id, {**args, "wheels": " ".join(pins)})
-    cached = None if force else find_by_hash(client, digest)
-    try:
-        if cached is not None:
-            cached.tag(*split_tag(tag))
-            log(f"[orchestrator] {tag}: up to date ({digest})")
-        else:
-            wheels = sorted(ensure_wheelhouse(pins, offline_builder().default_cache_dir(), log).glob("*.whl")) \
-                if offline else []
-            entries = [(name, root / name) for name in files]
-            entries += [(f"{WHEELHOUSE}/{wheel.name}", wheel) for wheel in wheels]
-            with tempfile.TemporaryFile() as context:  # the wheels make it ~100 MB: not in memory
-                write_tar(context, entries)
-                context.seek(0)
-                stream_build(client, context, tag, {**args, "SOURCE_HASH": digest}, offline=offline, force=force,
-                             log=log, dockerfile=DOCKERFILE, what="orchestrator image")
-            log(f"[orchestrator] {tag}: built in {time.monotonic() - start:.1f} s ({digest})")
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise SandboxUnavailable(f"orchestrator image build failed: {exc}") from exc
-    info = check_orchestrator_image(client, tag)
-    prune_replaced(client, log)
-    return info
+
+    def build() -> None:
+        wheels = sorted(ensure_wheelhouse(pins, offline_builder().default_cache_dir(), log).glob("*.whl")) \
+            if offline else []
+        entries = [(name, root / name) for name in files]
+        entries += [(f"{WHEELHOUSE}/{wheel.name}", wheel) for wheel in wheels]
+        with tempfile.TemporaryFile() as context:  # the wheels make it ~100 MB: not in memory
+            write_tar(context, entries)
+            context.seek(0)
+            stream_build(client, context, tag, {**args, "SOURCE_HASH": digest}, offline=offline, force=force,
+                         log=log, dockerfile=DOCKERFILE, what="orchestrator image")
+
+    build_once(client, tag, digest, build, force=force, log=log, label="orchestrator", what="orchestrator image",
+               start=start)
+    return check_orchestrator_image(client, tag)

@@ -263,21 +263,33 @@ def build_image(
     base_name, base_id = resolve_base(client, base_image, force, log)
     offline = base_image is None
     digest = content_hash(root, files, base_id, build_args(base_name, offline))
+
+    def build() -> None:
+        context = context_tar(root, files)
+        stream_build(client, context, tag, build_args(base_name, offline, digest), offline=offline, force=force, log=log)
+
+    build_once(client, tag, digest, build, force=force, log=log, label="image", what="sandbox image", start=start)
+    return check_image(client, tag)
+
+
+def build_once(client: docker.DockerClient, tag: str, digest: str, build: Callable[[], None], *, force: bool,
+               log: Log, label: str, what: str, start: float) -> None:
+    """Tag our image of content hash ``digest`` as ``tag``, or ``build()`` it when there is none (or ``force``).
+
+    Docker SDK and transport errors become ``SandboxUnavailable``; old builds the
+    new one replaced are pruned afterwards.
+    """
     cached = None if force else find_by_hash(client, digest)
     try:
         if cached is not None:
             cached.tag(*split_tag(tag))
-            log(f"[image] {tag}: up to date ({digest})")
+            log(f"[{label}] {tag}: up to date ({digest})")
         else:
-            args = build_args(base_name, offline, digest)
-            context = context_tar(root, files)
-            stream_build(client, context, tag, args, offline=offline, force=force, log=log)
-            log(f"[image] {tag}: built in {time.monotonic() - start:.1f} s ({digest})")
+            build()
+            log(f"[{label}] {tag}: built in {time.monotonic() - start:.1f} s ({digest})")
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise SandboxUnavailable(f"sandbox image build failed: {exc}") from exc
-    info = check_image(client, tag)
+        raise SandboxUnavailable(f"{what} build failed: {exc}") from exc
     prune_replaced(client, log)
-    return info
 
 
 def prune_replaced(client: docker.DockerClient, log: Log) -> None:
