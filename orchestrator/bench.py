@@ -27,8 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from orchestrator.sandbox.config import SandboxConfig, validate
-from orchestrator.sandbox.pool import DEFAULT_SPARE
+from orchestrator.sandbox.config import DEFAULT_SPARE, SandboxConfig, validate
 from sandbox_image.protocol import Job, TrainSpec
 
 

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.exceptions import DataError, ResearcherError, SandboxUnavailable, UsageError
-from orchestrator.sandbox.config import DEFAULT_IMAGE, DEVICES, RUNTIMES, SandboxConfig, validate
-from orchestrator.sandbox.pool import DEFAULT_SPARE
+from orchestrator.sandbox.config import DEFAULT_IMAGE, DEFAULT_SPARE, DEVICES, RUNTIMES, SandboxConfig, validate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SANDBOX, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -13,6 +13,8 @@ from sandbox_image.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_IMAGE = "pytorch-researcher-sandbox:latest"
 RUNTIMES = ("runc", "runsc")
+#: Warm-pool slots kept starting or ready beyond the ``--parallel`` that run at once.
+DEFAULT_SPARE = 1
 DEVICES = ("cpu", "cuda")
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 #: Longest unix socket path (sockaddr_un.sun_path is 108 bytes with the NUL); ZeroMQ refuses longer.

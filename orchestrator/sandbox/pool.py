@@ -22,13 +22,11 @@ import msgspec
 
 from orchestrator.exceptions import SandboxError, SandboxUnavailable
 from orchestrator.sandbox.base import Backend
-from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.config import DEFAULT_SPARE, SandboxConfig
 from orchestrator.sandbox.runner import Slot
 
 _TICK_S = 0.05
 _MAX_START_FAILURES = 3
-#: Slots kept starting or ready beyond the ``size`` that run at once.
-DEFAULT_SPARE = 1
 
 
 class WarmPool:
