@@ -89,7 +89,7 @@ def candidates(facts, count: int, epochs: int) -> list[BenchCandidate]:
     return out
 
 
-def run_direct(items, prepared, threads: int) -> ModeResult:
+def run_direct(items, prepared, threads: int, device: str = "cpu", name: str = "direct") -> ModeResult:
     """Baseline: train in this process with the same recipe, no container."""
     import torch
 
@@ -98,12 +98,12 @@ def run_direct(items, prepared, threads: int) -> ModeResult:
     torch.set_num_threads(threads)
     warm_up()
     data = prepared.train_data()
-    result = ModeResult("direct")
+    result = ModeResult(name)
     with _clock(result):
         for item in items:
             module = types.ModuleType(f"bench_{item.cid}")
             exec(compile(item.source, f"<{item.cid}>", "exec"), module.__dict__)  # noqa: S102 - our own rendered source
-            seed = train_seed(module.Net, data, item.train, seed=0)
+            seed = train_seed(module.Net, data, item.train, seed=0, device=device)
             result.accuracies.append(float((seed.logits.argmax(1) == prepared.test_y).mean()))
             result.train_s.append(seed.seconds)
     return result
@@ -135,7 +135,8 @@ def host_cpu_seconds() -> float | None:
 
 def _job(item: BenchCandidate, facts, spec, config: SandboxConfig) -> Job:
     return Job(job_id=item.cid, source=item.source, class_name="Net", input_shape=tuple(facts.input_shape),
-               num_classes=facts.num_classes, threads=config.threads, train=item.train, data=spec)
+               num_classes=facts.num_classes, device=config.device, threads=config.threads, train=item.train,
+               data=spec)
 
 
 def _collect(result: ModeResult, job_result, prepared) -> None:
@@ -145,6 +146,7 @@ def _collect(result: ModeResult, job_result, prepared) -> None:
     result.handoffs_s.append(job_result.handoff_seconds)
     if job_result.peak_memory_bytes:
         result.peaks.append(job_result.peak_memory_bytes)
+    result.train_s.extend(p.seconds for p in job_result.predictions)
     logits = job_result.logits[0]
     result.accuracies.append(float((logits.argmax(1) == prepared.test_y).mean()))
 
@@ -189,13 +191,13 @@ def _run_cold_one(job: Job, prepared, data_dir: Path, backend, config: SandboxCo
 
 
 def run_warm(items, prepared, spec, data_dir: Path, backend, config: SandboxConfig, parallel: int,
-             spare: int = DEFAULT_SPARE) -> ModeResult:
+             spare: int = DEFAULT_SPARE, name: str | None = None) -> ModeResult:
     """Warm pool: slots Ready before the jobs come; ``parallel`` jobs at once."""
     from orchestrator.sandbox.pool import WarmPool
     from orchestrator.sandbox.runner import execute
 
     facts = prepared.facts()
-    result = ModeResult(f"sandbox_warm_parallel{parallel}")
+    result = ModeResult(name or f"sandbox_warm_parallel{parallel}")
     with WarmPool(backend, config, size=parallel, spare=spare, data_dir=data_dir) as pool:
         _wait_full(pool, parallel + spare)  # fill the pool first: its start-up is not the jobs'
 

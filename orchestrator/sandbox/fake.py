@@ -40,12 +40,17 @@ class SubprocessSandbox:
         threads = str(self._config.threads)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(_REPO_ROOT),
+            # the project first; then whatever path the caller's own imports need (a --target install)
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])),
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             "PYTHONHASHSEED": "0",
             "HOME": str(self._log.parent),
         }
+        if self._config.device == "cuda":  # the driver's libraries, and the one GPU a container would get
+            env.update({k: os.environ[k] for k in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES") if k in os.environ})
+            if self._config.gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = self._config.gpu
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "sandbox_image.worker", *(["--warm-up"] if self._config.warm_up else []),

@@ -145,3 +145,29 @@ def test_an_unusable_jobs_dir_is_a_sandbox_problem_with_the_path(tmp_path):
 
 def _run_in(jobs: Path):
     return run_job(SubprocessBackend(), _job("good_mlp.py"), SandboxConfig(timeout_s=30, jobs_dir=str(jobs)))
+
+
+@pytest.mark.gpu
+def test_the_worker_trains_on_cuda_and_scores_like_cpu(tmp_path):
+    """The real worker, the real protocol, one GPU: Ready says cuda, training on it reaches CPU's accuracy."""
+    import torch
+
+    from evaluator.datasets import load_dataset
+    from evaluator.prepare import prepare
+    from sandbox_image.protocol import TrainSpec
+
+    assert torch.cuda.is_available(), "the gpu marker needs a CUDA device"
+    prepared = prepare(load_dataset("digits"))
+    spec = prepared.write_sandbox_dir(tmp_path / "data")
+    accuracy = {}
+    for device in ("cpu", "cuda"):
+        job = _job("good_mlp.py", device=device, train=TrainSpec(epochs=8, lr=3e-3, seeds=(0,)), data=spec)
+        config = SandboxConfig(timeout_s=300, device=device, gpu="0" if device == "cuda" else None)
+        result = run_job(SubprocessBackend(), job, config, data_dir=tmp_path / "data")
+        assert result.status == "passed", result.failure
+        if device == "cuda":
+            assert result.ready.device == "cuda" and result.ready.cuda_devices == 1  # CUDA_VISIBLE_DEVICES=0
+        logits = result.logits[0]
+        assert logits.shape == (prepared.facts().n_test, 10)
+        accuracy[device] = float((logits.argmax(1) == prepared.test_y).mean())
+    assert accuracy["cuda"] > 0.9 and abs(accuracy["cuda"] - accuracy["cpu"]) < 0.05, accuracy
