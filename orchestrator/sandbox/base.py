@@ -48,6 +48,9 @@ class Sandbox(Protocol):
     def kill(self) -> None:
         """Kill the worker now (idempotent)."""
 
+    def prioritise(self) -> None:
+        """Give a standby (``warm_up``) sandbox the normal CPU weight: it has a job, or waited too long."""
+
     def logs(self, tail: int = 50) -> str:
         """The last lines of the worker's output, for error messages."""
 

@@ -23,6 +23,14 @@ MAX_SOCKET_PATH = 107
 JOB_SOCKET_TAIL = "/researcher-job-XXXXXXXX/worker.sock"
 
 
+#: CPU weight (docker ``cpu_shares``; the default is 1024) of a warm-pool slot until it has a job.
+#: Its start-up (torch's imports) then runs on CPU the training candidates leave idle: a
+#: standby slot that took a core from a candidate's OpenMP threads stalled all of them at
+#: every barrier (3-4x slower training, measured). ``Slot.prioritise`` restores the default.
+STANDBY_CPU_SHARES = 2
+JOB_CPU_SHARES = 1024
+
+
 class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Hardening and limits for one sandbox container; every default is the safe one."""
 
@@ -40,7 +48,7 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     startup_timeout_s: float = 90.0  # limit for the worker to come up and say Ready
     log_max_size: str = "1m"  # container log cap (stdout/stderr floods)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # cap of one message from the worker
-    warm_up: bool = False  # worker pays torch's lazy imports before Ready (set by the warm pool)
+    warm_up: bool = False  # a warm-pool slot: warms up before Ready, low CPU weight until its job
     jobs_dir: str | None = None  # host dir of the per-job socket dirs; None = the system temp dir
 
     @property

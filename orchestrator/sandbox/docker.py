@@ -22,7 +22,7 @@ from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from orchestrator.exceptions import SandboxError, SandboxUnavailable
 from orchestrator.sandbox.base import ExitStatus, Mounts
-from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.config import JOB_CPU_SHARES, STANDBY_CPU_SHARES, SandboxConfig
 
 LABEL_ROLE = "org.pytorch-researcher.role"
 LABEL_JOB = "org.pytorch-researcher.job"
@@ -92,6 +92,8 @@ def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: 
         labels={LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
         name=f"researcher-{job_id}",
     )
+    if config.warm_up:  # a pool slot: its start-up takes only CPU that jobs leave idle
+        kwargs["cpu_shares"] = STANDBY_CPU_SHARES
     if config.runtime != "runc":
         kwargs["runtime"] = config.runtime
     if config.device == "cuda":
@@ -172,6 +174,15 @@ class ContainerWatch:
             self._container.kill()
         except docker.errors.DockerException:
             pass  # already stopped: the waiter thread reports how
+
+    def prioritise(self) -> None:
+        """Raise the container's CPU weight to the default (a standby slot got its job)."""
+        if self._container is None:
+            return
+        try:
+            self._container.update(cpu_shares=JOB_CPU_SHARES)
+        except docker.errors.DockerException:
+            pass  # gone already: the job fails on its own and is recorded
 
     def logs(self, tail: int = 50) -> str:
         """The last lines of the container's output."""

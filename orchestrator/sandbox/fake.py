@@ -57,6 +57,8 @@ class SubprocessSandbox:
                  self.mounts.socket_path],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        if self._config.warm_up:  # standby, as a pool container's low CPU weight: nice 19 until its job
+            _renice(self._proc.pid, _STANDBY_NICE)
 
     def exit_status(self) -> ExitStatus | None:
         """The exit status once the process has ended."""
@@ -81,6 +83,11 @@ class SubprocessSandbox:
             except ProcessLookupError:
                 pass
 
+    def prioritise(self) -> None:
+        """Back to nice 0, every thread (nice is per thread; lowering it needs root, else it stays)."""
+        if self._proc is not None and self._config.warm_up:
+            _renice(self._proc.pid, 0)
+
     def logs(self, tail: int = 50) -> str:
         """The last lines the worker printed."""
         try:
@@ -94,6 +101,31 @@ class SubprocessSandbox:
         if self._proc is not None:
             self.kill()
             self._proc.wait()
+
+
+_STANDBY_NICE = 19
+
+
+def _renice(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of ``pid``, and of its session's autogroup.
+
+    The worker runs in a session of its own, and with autogroup scheduling (most
+    desktop and server kernels) a nice value only counts inside its session: the
+    autogroup's own nice weighs it against everything else.
+    """
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:  # gone, or not root
+            pass
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:  # no autogroup here, gone, or not root
+        pass
 
 
 class SubprocessBackend:

@@ -26,6 +26,9 @@ from orchestrator.sandbox.config import DEFAULT_SPARE, SandboxConfig
 from orchestrator.sandbox.runner import Slot
 
 _TICK_S = 0.05
+#: A standby slot still starting after this long gets the normal CPU weight (well inside
+#: the start-up timeout), so jobs that keep every core busy cannot starve it into a failure.
+STANDBY_GRACE_S = 20.0
 _MAX_START_FAILURES = 3
 
 
@@ -78,6 +81,7 @@ class WarmPool:
         if not slot.alive():  # died since the last recycle tick: replace, wait again
             slot.close()
             return self.acquire(None if until is None else max(0.0, until - time.monotonic()))
+        slot.prioritise()  # it has a job: the CPU is its own now, not the standby slots' (execute() too)
         return slot
 
     def close(self) -> None:
@@ -130,6 +134,8 @@ class WarmPool:
         for slot in list(self._starting):
             try:
                 ready = slot.poll_ready(0)
+                if not ready and time.monotonic() - slot.started_at > STANDBY_GRACE_S:
+                    slot.prioritise()  # starved by busy jobs: its start-up must not time out
                 if not ready and time.monotonic() - slot.started_at > self.config.startup_timeout_s:
                     raise SandboxUnavailable(
                         f"a pool sandbox did not report Ready within {self.config.startup_timeout_s:g} s"

@@ -124,6 +124,7 @@ class Slot:
         self.config = config
         self.ready: Ready | None = None
         self.started_at = self.ready_at = 0.0
+        self.prioritised = not config.warm_up  # only pool slots start at a low CPU weight
         self.job_dir = make_job_dir(jobs_root if jobs_root is not None else Path(config.jobs_root))
         try:
             self.channel = Channel(self.job_dir, max_message_bytes=config.max_message_bytes)
@@ -185,6 +186,12 @@ class Slot:
         self.ready, self.ready_at = msg, time.monotonic()
         return True
 
+    def prioritise(self) -> None:
+        """Normal CPU weight from now on (a pool slot is started at a low one; once is enough)."""
+        if not self.prioritised:
+            self.prioritised = True
+            self.sandbox.prioritise()
+
     def alive(self) -> bool:
         """True while the sandbox runs."""
         return self.sandbox.exit_status() is None
@@ -207,6 +214,7 @@ def execute(slot: Slot, job: Job, *, n_test: int | None = None,
     """
     if slot.ready is None:
         raise ValueError("execute() needs a slot whose worker said Ready")
+    slot.prioritise()  # a pool slot waited at a low CPU weight; its job gets the normal one
     start = time.monotonic()
     result = JobResult(job_id=job.job_id, ready=slot.ready, startup_seconds=slot.ready_at - slot.started_at)
     try:

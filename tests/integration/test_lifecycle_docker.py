@@ -56,3 +56,28 @@ def test_a_signal_mid_job_removes_the_sandbox_and_exits_130(docker_client, sig):
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert _sandboxes(docker_client, owner) == []
+
+
+def test_a_standby_pool_container_waits_at_a_low_cpu_weight_and_its_job_runs_at_the_default(docker_backend):
+    """Standby start-up takes only idle CPU: a training job's OpenMP threads keep their cores."""
+    from orchestrator.sandbox.config import JOB_CPU_SHARES, STANDBY_CPU_SHARES, SandboxConfig
+    from orchestrator.sandbox.pool import WarmPool
+    from orchestrator.sandbox.runner import execute, new_job_id
+    from sandbox_image.protocol import Job
+
+    def shares(slot) -> int:
+        slot.sandbox._container.reload()
+        return slot.sandbox._container.attrs["HostConfig"]["CpuShares"]
+
+    with WarmPool(docker_backend, SandboxConfig(timeout_s=60), size=1, spare=0) as pool:
+        deadline = time.monotonic() + 120
+        while pool.stats["ready"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pool._lock:
+            standby = pool._ready[0]
+        assert shares(standby) == STANDBY_CPU_SHARES
+        with pool.acquire(timeout_s=120) as slot:
+            assert slot is standby and shares(slot) == JOB_CPU_SHARES
+            job = Job(job_id=new_job_id(), source=(MODELS / "good_mlp.py").read_text(), class_name="Net",
+                      input_shape=(1, 8, 8), num_classes=10)
+            assert execute(slot, job).status == "passed"

@@ -87,3 +87,10 @@ def test_a_jobs_dir_whose_sockets_would_not_fit_sun_path_is_refused():
     with pytest.raises(UsageError, match=r"--jobs-dir .* too long for a unix socket.* 108 bytes, the limit is 107"):
         validate(SandboxConfig(jobs_dir=longest + "j"))
     assert SandboxConfig().jobs_root == tempfile.gettempdir()
+
+
+def test_a_pool_slot_waits_at_a_low_cpu_weight_and_a_job_container_at_the_default():
+    from orchestrator.sandbox.config import STANDBY_CPU_SHARES
+
+    assert _kwargs(warm_up=True)["cpu_shares"] == STANDBY_CPU_SHARES
+    assert "cpu_shares" not in _kwargs()  # a cold job container: Docker's default weight

@@ -80,3 +80,31 @@ def test_the_pool_keeps_size_plus_spare_slots_ready(spare):
             assert execute(slot, _job()).status == "passed"
     assert len(backend.created) >= 2 + spare  # the spent slot was replaced
     assert all(s.exit_status() is not None for s in backend.created)
+
+
+def _nice_of_every_thread(pid: int) -> set[int]:
+    import os
+
+    return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_a_standby_slot_runs_niced_until_it_gets_a_job():
+    """Standby start-up must not take cores from a training job (OpenMP stalls at every barrier)."""
+    import os
+
+    backend = CountingBackend()
+    with WarmPool(backend, SandboxConfig(timeout_s=30), size=1, spare=0) as pool:
+        slot = pool.acquire(timeout_s=60)
+        with slot:
+            waiting = backend.created[0]._proc.pid
+            assert slot.sandbox._proc.pid == waiting
+            # acquire() gave it the normal priority; only root may lower a nice value again
+            assert _nice_of_every_thread(waiting) == ({0} if os.geteuid() == 0 else {19})
+            deadline = time.monotonic() + 60
+            while pool.stats["ready"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            successor = backend.created[1]._proc.pid
+            assert _nice_of_every_thread(successor) == {19}  # standby, threads included
+            autogroup = Path(f"/proc/{successor}/autogroup")  # its own session's weight, where the kernel has them
+            assert not autogroup.exists() or autogroup.read_text().split()[-1] == "19"
+            assert execute(slot, _job()).status == "passed"

@@ -163,7 +163,7 @@ def test_the_worker_trains_on_cuda_and_scores_like_cpu(tmp_path):
     for device in ("cpu", "cuda"):
         job = _job("good_mlp.py", device=device, train=TrainSpec(epochs=8, lr=3e-3, seeds=(0,)), data=spec)
         config = SandboxConfig(timeout_s=300, device=device, gpu="0" if device == "cuda" else None)
-        result = run_job(SubprocessBackend(), job, config, data_dir=tmp_path / "data")
+        result = run_job(SubprocessBackend(), job, config, data_dir=tmp_path / "data", n_test=prepared.facts().n_test)
         assert result.status == "passed", result.failure
         if device == "cuda":
             assert result.ready.device == "cuda" and result.ready.cuda_devices == 1  # CUDA_VISIBLE_DEVICES=0

@@ -113,6 +113,10 @@ class WatchedSandbox:
         """Delegated."""
         self._inner.kill()
 
+    def prioritise(self) -> None:
+        """Delegated."""
+        self._inner.prioritise()
+
     def logs(self, tail: int = 50) -> str:
         """Delegated."""
         return self._inner.logs(tail)
