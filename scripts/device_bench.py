@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -92,7 +93,9 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("device_bench: --devices names cuda but torch sees no GPU here")
     cores = os.cpu_count() or 1
     threads = args.threads or cores
-    report: dict = {"host_cores": cores, "threads_cpu": threads, "torch": torch.__version__,
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    report: dict = {"host_cores": cores, "threads_cpu": threads, "spare_slots": args.spare, "kernel": platform.release(),
+                    "autogroup": autogroup.read_text().strip() if autogroup.exists() else None, "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "datasets": {}}
     sets = _load(args.candidates)
     for name in args.datasets.split(","):
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> dict:
                 config = validate(SandboxConfig(cpus=float(threads), memory="16g", timeout_s=900, device=device,
                                                 jobs_dir=scratch))
                 backend = SubprocessBackend()
-                mode = run_warm(items, prepared, spec, Path(scratch) / "data", backend, config, 1, 1,
+                mode = run_warm(items, prepared, spec, Path(scratch) / "data", backend, config, 1, args.spare,
                                 name=f"worker_{device}")
                 per["modes"][mode.name] = _figures(mode, len(items), samples)
                 log(f"  {mode.name:<12} {mode.wall_s:7.1f} s  acc {per['modes'][mode.name]['accuracy_mean']}"
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--data-dir", help="folder with FashionMNIST/raw/*.gz when the Debian package is absent")
     g.add_argument("--devices", default="cpu,cuda", help="comma-separated: cpu, cuda (default: cpu,cuda)")
     g.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default: every core)")
+    g.add_argument("--spare", type=int, default=1, help="warm-pool spare slots of the worker modes (default: 1, as `run`)")
     g.add_argument("--out", type=Path, help="also write the JSON here, updated after each mode")
     args = parser.parse_args(argv)
     if args.step == "render":

@@ -51,6 +51,8 @@ class SubprocessSandbox:
             env.update({k: os.environ[k] for k in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES") if k in os.environ})
             if self._config.gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = self._config.gpu
+        else:  # a cpu container sees no GPU either
+            env["CUDA_VISIBLE_DEVICES"] = ""
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "sandbox_image.worker", *(["--warm-up"] if self._config.warm_up else []),
