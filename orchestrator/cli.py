@@ -106,7 +106,7 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
                        help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for check, 600 for check --train, 900 for run)")
     group.add_argument("--memory", default="2g", help="memory cap of the container, swap included (default: 2g)")
     group.add_argument("--cpus", type=float, default=None,
-                       help="CPU cap of each container; torch threads follow it (default: all cores, shared between --parallel sandboxes)")
+                       help="CPU cap of each container; torch threads follow it (default: run shares the cores between --parallel sandboxes, less a quarter kept for the orchestrator and warm-pool start-ups on hosts of 4+ cores; check uses all cores)")
     group.add_argument("--pids", type=int, default=256, help="process/thread cap of the container (default: 256)")
     group.add_argument("--runtime", choices=RUNTIMES, default="runc", help="container runtime: runc or runsc (gVisor) (default: runc)")
     group.add_argument("--device", choices=DEVICES, default="cpu", help="train on cpu or cuda (one GPU per sandbox) (default: cpu)")

@@ -58,11 +58,12 @@ def make_planner(settings: RunSettings, facts: PlannerFacts, registry: Registry,
 
 
 def sandbox_for_run(base: SandboxConfig, parallel: int, cpus_given: bool) -> SandboxConfig:
-    """Share the host's cores between parallel sandboxes unless --cpus was given."""
+    """Share the host's cores between parallel sandboxes unless --cpus was given (see ``run_cpus``)."""
+    from orchestrator.sandbox.config import run_cpus
+
     if cpus_given:
         return base
-    cores = os.cpu_count() or 1
-    return msgspec.structs.replace(base, cpus=float(max(1, cores // parallel)))
+    return msgspec.structs.replace(base, cpus=run_cpus(os.cpu_count() or 1, parallel))
 
 
 def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory) -> int:

@@ -82,3 +82,11 @@ def test_run_caps_parallel_with_a_note_and_records_what_it_used(tmp_path, monkey
     assert "--parallel 8 capped at 2: this host has 2 cores" in capsys.readouterr().err
     with Registry.open(tmp_path / "capped", readonly=True) as registry:
         assert registry.settings.parallel == 2 and registry.settings.extra["cpus"] == 1.0
+
+
+@pytest.mark.parametrize(("cores", "parallel", "cpus"), [(1, 1, 1.0), (2, 1, 2.0), (2, 2, 1.0), (3, 1, 3.0),
+                                                         (4, 1, 3.0), (16, 1, 12.0), (16, 2, 6.0), (16, 64, 1.0)])
+def test_a_run_keeps_a_quarter_of_a_big_hosts_cores_for_start_ups(cores, parallel, cpus):
+    from orchestrator.sandbox.config import run_cpus
+
+    assert run_cpus(cores, parallel) == cpus
