@@ -72,6 +72,7 @@ class SandboxContainer(DockerContainer, ContainerWatch):
         rest = {key: value for key, value in settings.items() if key not in _OWN_API}
         self.with_kwargs(network=settings["network_mode"], **rest)
         self.settings = settings
+        self._low_weight = "cpu_shares" in settings
         self.config = config
         self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)
         self._init_watch()

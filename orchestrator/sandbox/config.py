@@ -27,6 +27,7 @@ JOB_SOCKET_TAIL = "/researcher-job-XXXXXXXX/worker.sock"
 #: Its start-up (torch's imports) then runs on CPU the training candidates leave idle: a
 #: standby slot that took a core from a candidate's OpenMP threads stalled all of them at
 #: every barrier (3-4x slower training, measured). ``Slot.prioritise`` restores the default.
+#: runc only: gVisor's runsc has no ``update``, so its slots keep Docker's default weight.
 STANDBY_CPU_SHARES = 2
 JOB_CPU_SHARES = 1024
 

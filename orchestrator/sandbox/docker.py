@@ -92,7 +92,8 @@ def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: 
         labels={LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
         name=f"researcher-{job_id}",
     )
-    if config.warm_up:  # a pool slot: its start-up takes only CPU that jobs leave idle
+    if config.warm_up and config.runtime == "runc":  # a pool slot: its start-up takes only CPU jobs leave idle
+        # (runsc has no `update`: a gVisor container would keep the low weight for its job too)
         kwargs["cpu_shares"] = STANDBY_CPU_SHARES
     if config.runtime != "runc":
         kwargs["runtime"] = config.runtime
@@ -133,6 +134,7 @@ class ContainerWatch:
     """
 
     _container = None
+    _low_weight = False  # started with STANDBY_CPU_SHARES: prioritise() has something to undo
 
     def _init_watch(self) -> None:
         self._exit: ExitStatus | None = None
@@ -177,7 +179,7 @@ class ContainerWatch:
 
     def prioritise(self) -> None:
         """Raise the container's CPU weight to the default (a standby slot got its job)."""
-        if self._container is None:
+        if self._container is None or not self._low_weight:
             return
         try:
             self._container.update(cpu_shares=JOB_CPU_SHARES)
@@ -200,6 +202,7 @@ class DockerSandbox(ContainerWatch):
     def __init__(self, client: docker.DockerClient, kwargs: dict, data_dir: Path | None) -> None:
         self._client = client
         self._kwargs = kwargs
+        self._low_weight = "cpu_shares" in kwargs
         self._container = None
         self._init_watch()
         self.mounts = Mounts(socket_path=f"/job/{SOCKET_NAME}", data_root="/data" if data_dir else None)

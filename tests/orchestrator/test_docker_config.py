@@ -94,3 +94,4 @@ def test_a_pool_slot_waits_at_a_low_cpu_weight_and_a_job_container_at_the_defaul
 
     assert _kwargs(warm_up=True)["cpu_shares"] == STANDBY_CPU_SHARES
     assert "cpu_shares" not in _kwargs()  # a cold job container: Docker's default weight
+    assert "cpu_shares" not in _kwargs(warm_up=True, runtime="runsc")  # runsc cannot raise it again later
