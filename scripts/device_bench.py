@@ -47,17 +47,19 @@ from sandbox_image.protocol import TrainSpec  # noqa: E402
 SETS = {"digits": (12, 3, None), "fashion_mnist": (4, 1, 10000)}
 
 
-def render(out: Path) -> None:
+def render(out: Path, names: list[str], count: int | None = None, epochs: int | None = None) -> None:
     """Write each set's rendered sources and training settings (needs Optuna)."""
     from orchestrator.bench import candidates
     from orchestrator.training import load_prepared
 
     doc = {}
-    for name, (count, epochs, max_train) in SETS.items():
+    for name in names:
+        set_count, set_epochs, max_train = SETS[name]
         facts = load_prepared(name, None).facts()
+        items = candidates(facts, count or set_count, epochs or set_epochs)
         doc[name] = {"max_train": max_train,
                      "candidates": [{"cid": c.cid, "source": c.source, "train": msgspec.to_builtins(c.train)}
-                                    for c in candidates(facts, count, epochs)]}
+                                    for c in items]}
     out.write_text(json.dumps(doc, indent=1))
     print(f"wrote {out}: " + ", ".join(f"{k} {len(v['candidates'])}" for k, v in doc.items()))
 
@@ -146,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="step", required=True)
     r = sub.add_parser("render", help="render the candidate sets to JSON (needs the offline planner)")
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--datasets", default=",".join(SETS), help=f"comma-separated (default: {','.join(SETS)})")
+    r.add_argument("--candidates", type=int, help="candidates per set (default: the set's own)")
+    r.add_argument("--epochs", type=int, help="epochs per candidate (default: the set's own)")
     g = sub.add_parser("run", help="train them on each device, directly and through the worker")
     g.add_argument("--candidates", type=Path, required=True, help="JSON written by `render`")
     g.add_argument("--datasets", default=",".join(SETS), help=f"comma-separated (default: {','.join(SETS)})")
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", type=Path, help="also write the JSON here, updated after each mode")
     args = parser.parse_args(argv)
     if args.step == "render":
-        render(args.out)
+        render(args.out, args.datasets.split(","), args.candidates, args.epochs)
         return 0
     report = run(args)
     print(json.dumps(report, indent=2))
