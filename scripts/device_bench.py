@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--spare", type=int, default=1, help="warm-pool spare slots of the worker modes (default: 1, as `run`)")
     g.add_argument("--out", type=Path, help="also write the JSON here, updated after each mode")
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, kill) unwinds like Ctrl-C: the pools close and no worker is left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.step == "render":
         render(args.out, args.datasets.split(","), args.candidates, args.epochs)
         return 0
