@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.exceptions import UsageError
+from orchestrator.safetext import inert
 from orchestrator.sandbox.base import Backend
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.runner import JobResult, new_job_id, run_job
@@ -150,28 +151,36 @@ def outcome_json(outcome: CheckOutcome) -> dict:
 
 
 def print_outcome(outcome: CheckOutcome, *, as_json: bool, stream=None) -> None:
-    """Print the outcome for a person, or as one JSON object."""
+    """Print the outcome for a person, or as one JSON object.
+
+    The failure's message and traceback come from the worker (hostile), the file
+    and class names from the user: every piece passes through ``inert`` so no
+    terminal escape in them reaches the screen. ``json.dumps`` escapes control
+    characters (and, with ``ensure_ascii``, everything beyond ASCII) by itself.
+    """
     stream = stream or sys.stdout
     if as_json:
         stream.write(json.dumps(outcome_json(outcome), indent=2) + "\n")
         return
     result = outcome.result
-    name = outcome.request.path.name
+    name = inert(outcome.request.path.name)
     if result.failure is None:
         check = result.check
         stream.write(
-            f"PASSED {name}: {outcome.request.class_name} has {check.params:,} parameters, output "
+            f"PASSED {name}: {inert(outcome.request.class_name)} has {check.params:,} parameters, output "
             f"{tuple(check.output_shape)}, {result.seconds:.1f} s in the sandbox\n"
         )
     else:
         f = result.failure
-        stream.write(f"FAILED {name}: {f.kind.value} at stage {f.stage.value}\n  {f.message}\n")
+        stream.write(f"FAILED {name}: {f.kind.value} at stage {f.stage.value}\n  {inert(f.message)}\n")
         if f.traceback:
             stream.write("  traceback (from the sandbox, trimmed):\n")
-            stream.write("".join(f"    {line}\n" for line in f.traceback.rstrip().splitlines()[-12:]))
+            lines = f.traceback.rstrip().splitlines()[-12:]
+            stream.write("".join(f"    {inert(line, multiline=True)}\n" for line in lines))
     if outcome.scores is not None:
         from orchestrator.training import summary_text
 
-        stream.write(summary_text(outcome.scores, outcome.dynamics, result))
+        # Class names come from the user's data (folder names, CSV headers).
+        stream.write(inert(summary_text(outcome.scores, outcome.dynamics, result), multiline=True))
     for path in outcome.extra.get("files", []):
-        stream.write(f"  wrote {path}\n")
+        stream.write(f"  wrote {inert(path)}\n")

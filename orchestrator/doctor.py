@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.exceptions import SandboxUnavailable
+from orchestrator.safetext import inert
 
 _MIN_FREE_GB = 10.0
 
@@ -123,13 +124,16 @@ def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path("
 
 
 def print_table(findings: list[Finding], stream) -> int:
-    """Print the table; 0 when everything required is there, else 3."""
-    width = max(len(f.check) for f in findings)
+    """Print the table; 0 when everything required is there, else 3.
+
+    Details quote engine errors, image labels and file names: shown inert.
+    """
+    width = max(len(inert(f.check)) for f in findings)
     for f in findings:
         mark = "ok  " if f.ok else ("MISSING" if f.required else "absent ")
-        stream.write(f"{mark:<8} {f.check:<{width}}  {f.detail}\n")
+        stream.write(f"{mark:<8} {inert(f.check):<{width}}  {inert(f.detail)}\n")
         if not f.ok and f.fix:
-            stream.write(f"{'':<8} {'':<{width}}  fix: {f.fix}\n")
-    missing = [f.check for f in findings if f.required and not f.ok]
+            stream.write(f"{'':<8} {'':<{width}}  fix: {inert(f.fix)}\n")
+    missing = [inert(f.check) for f in findings if f.required and not f.ok]
     stream.write("\nready: every required piece is here\n" if not missing else f"\nnot ready: {', '.join(missing)}\n")
     return 0 if not missing else 3

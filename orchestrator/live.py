@@ -2,6 +2,10 @@
 
 A rich ``Live`` panel on a terminal; one plain line per finished candidate
 otherwise (CI logs, pipes), so progress is always visible.
+
+Failure messages, model names and LLM errors are untrusted: every piece of text
+goes to rich as a ``Text`` (never read as markup) and through ``inert`` (no
+terminal escape survives), on the panel and on the plain lines alike.
 """
 
 from __future__ import annotations
@@ -14,12 +18,24 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.safetext import inert
+
 
 def _fmt_ci(record, metric: str) -> str:
     summary = record.summary(metric)
     if summary is None or summary.ci95_low is None:
         return ""
     return f"[{summary.ci95_low:.4f}, {summary.ci95_high:.4f}]"
+
+
+def _cell(value: object, style: str = "") -> Text:
+    """A table cell or line that rich shows literally: no markup, no control characters."""
+    return Text(inert(value), style=style)
+
+
+def _say(line: str) -> None:
+    """One plain progress line on stderr, made inert."""
+    print(f"[researcher] {inert(line)}", file=sys.stderr, flush=True)
 
 
 #: Seconds between progress lines when there is no terminal (compose `up`, CI logs, a pipe).
@@ -57,7 +73,7 @@ class LiveView:
         now = time.monotonic()
         if loop.state.in_flight and now - self._last_line >= HEARTBEAT_S:
             self._last_line = now
-            print(f"[researcher] {now - loop.state.started:.0f} s: {self._in_flight_line(loop)}", file=sys.stderr, flush=True)
+            _say(f"{now - loop.state.started:.0f} s: {self._in_flight_line(loop)}")
 
     @staticmethod
     def _in_flight_line(loop) -> str:
@@ -76,20 +92,20 @@ class LiveView:
             return
         metric = self._loop.target.metric if self._loop else "accuracy"
         if record.status == "failed":
-            line = f"{record.id} failed ({record.failure.kind.value}): {record.failure.message[:120]}"
+            line = f"{record.id} failed ({record.failure.kind.value}): {inert(record.failure.message, 120)}"
         elif record.pruned:
             line = f"{record.id} pruned after {len(record.val_curve())} epochs"
         else:
             value = record.value(metric)
             line = f"{record.id} {metric} {value:.4f} {_fmt_ci(record, metric)}  ({record.params or 0:,} params, {record.seconds:.1f} s)"
-        print(f"[researcher] {line}", file=sys.stderr, flush=True)
+        _say(line)
 
     def message(self, text: str) -> None:
         """A line above the panel (or on stderr)."""
         if self._live is not None:
-            self._live.console.print(text)
+            self._live.console.print(_cell(text))
         else:
-            print(f"[researcher] {text}", file=sys.stderr, flush=True)
+            _say(text)
 
     # ------------------------------------------------------------------ render
 
@@ -100,23 +116,23 @@ class LiveView:
         budget = f"{loop.counted_candidates()}/{settings.max_candidates or '∞'} candidates"
         clock = f"{elapsed:.0f}/{settings.time_budget_s:.0f} s" if settings.time_budget_s else f"{elapsed:.0f} s"
         target = f"target {metric} >= {loop.target.threshold}" if loop.target.threshold is not None else f"maximise {metric}"
-        header = Text(f"{settings.name}: {budget}, {clock}, {target}, pool {loop.pool.stats['ready']} ready", style="bold")
+        header = _cell(f"{settings.name}: {budget}, {clock}, {target}, pool {loop.pool.stats['ready']} ready", "bold")
         flight = Table(title="in flight", expand=True, title_justify="left")
         for col in ("candidate", "model", "seed", "epoch", "val acc", "params"):
-            flight.add_column(col)
+            flight.add_column(_cell(col))
         for cid, entry in list(loop.state.in_flight.items()):
             proposal = entry["proposal"]
             model = (proposal.config.name if proposal.config else "LLM source")[:40]
             epoch = f"{entry['epoch']}/{entry.get('epochs', '?')}" if entry.get("epoch") else "starting"
             val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
-            flight.add_row(cid, model, str(entry.get("seed", "")), epoch, val, f"{entry.get('params', 0):,}")
+            flight.add_row(*map(_cell, (cid, model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}")))
         board = Table(title="leaderboard (test, mean over seeds)", expand=True, title_justify="left")
         for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
-            board.add_column(col)
+            board.add_column(_cell(col))
         passed = [c for c in loop.registry.candidates("passed") if c.value(metric) is not None]
         passed.sort(key=lambda c: c.value(metric), reverse=loop.target.direction == "maximize")
         for rank, rec in enumerate(passed[:5], 1):
-            board.add_row(str(rank), rec.id, f"{rec.value(metric):.4f}", _fmt_ci(rec, metric),
-                          f"{rec.params or 0:,}", f"{rec.seconds:.1f}")
-        footer = Text(f"finished {loop.state.finished}, failed {loop.state.failed}")
+            board.add_row(*map(_cell, (rank, rec.id, f"{rec.value(metric):.4f}", _fmt_ci(rec, metric),
+                                       f"{rec.params or 0:,}", f"{rec.seconds:.1f}")))
+        footer = _cell(f"finished {loop.state.finished}, failed {loop.state.failed}")
         return Group(header, flight, board, footer)

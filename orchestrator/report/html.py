@@ -1,7 +1,9 @@
 """``report.html``: one self-contained file (inline CSS, images as data URIs, no script).
 
 Every string is escaped with ``html.escape`` at the point it enters the page:
-sources, rationales, failure messages and LLM errors are untrusted text.
+sources, rationales, failure messages and LLM errors are untrusted text. Their
+control and bidi characters are made visible first (``safetext.inert``), so a
+source cannot show the reader something other than what it holds.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from orchestrator.report import text
 from orchestrator.report.content import ReportData
 from orchestrator.report.markdown import clip
 from orchestrator.report.style import CSS
+from orchestrator.safetext import inert
 
 
 def e(value: object) -> str:
-    """``value`` as escaped HTML text."""
-    return escape(str(value), quote=True)
+    """``value`` as escaped HTML text, its control and bidi characters made visible."""
+    return escape(inert(value, multiline=True), quote=True)
 
 
 def data_uri(path: Path) -> str:

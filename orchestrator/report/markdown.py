@@ -1,8 +1,10 @@
 """``report.md``: the report as Markdown, images linked by relative path.
 
 Text that came from a model or an LLM is escaped so that no Markdown viewer
-renders it as HTML, links or emphasis; source code goes in a fence longer than
-any run of backticks inside it.
+renders it as HTML, links or emphasis, and made inert (``safetext.inert``) so
+that no terminal escape fires when the file is ``cat``-ed and no bidi control
+reorders what it shows; source code goes in a fence longer than any run of
+backticks inside it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from orchestrator.report import text
 from orchestrator.report.content import ReportData
+from orchestrator.safetext import inert
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 #: Longest failure message or rationale shown in full.
@@ -22,13 +25,14 @@ MAX_MESSAGE = 600
 
 
 def md(value: object) -> str:
-    """Untrusted text as inert single-line Markdown (HTML-escaped, specials backslashed)."""
-    flat = " ".join(str(value).split())
+    """Untrusted text as inert single-line Markdown (controls escaped, HTML-escaped, specials backslashed)."""
+    flat = inert(" ".join(str(value).split()))
     return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def fence(source: str, lang: str = "python") -> str:
-    """``source`` in a code fence that nothing inside it can close."""
+    """``source`` in a code fence that nothing inside it can close, its control characters escaped."""
+    source = inert(source, multiline=True)
     longest = max((len(m) for m in re.findall(r"`+", source)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}{lang}\n{source.rstrip()}\n{ticks}"

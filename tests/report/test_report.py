@@ -134,3 +134,26 @@ def test_wall_time_leaves_out_the_time_a_run_was_dead() -> None:
               ev(1000, "interrupted"), ev(1000, "resumed"), ev(1050, "candidate_finished"),
               ev(1060, "run_finished")]
     assert running_seconds(run, events) == 30 + 60
+
+
+CONTROLS = "\x1b[2J\x1b]0;pwned\x07 PASSED \x9b1A\rok\u202egnp.exe\u2066x\u2069"
+
+
+def test_reports_show_control_and_bidi_characters_as_visible_escapes(tmp_path: Path) -> None:
+    """``cat report.md`` fires no terminal escape; no bidi control reorders a source or a message."""
+    trojan = f.SOURCE + 'access = "user\u202e \u2066# admin\u2069 \u2066"  # \x1b[8m\n'
+    run_dir = tmp_path / "run_controls"
+    with Registry.create(run_dir, f.settings(), plots=False) as reg:
+        f.add_passed(reg, 3.0, source=trojan)
+        f.add_failed(reg, FailureKind.FORWARD_ERROR, f"[bold]{CONTROLS}")
+        reg.record_llm_call(f.llm_call(error=f"HTTP 500 {CONTROLS}"))
+        reg.log_event("run_failed", CONTROLS)
+    md, page = (p.read_bytes().decode() for p in write_reports(run_dir))  # no newline translation
+    for doc in (md, page):
+        for ch in ("\x1b", "\x07", "\x9b", "\r", "\u202e", "\u2066", "\u2069"):
+            assert ch not in doc, repr(ch)
+    # Markdown: backslashes escaped, so it renders as \x1b[2J...; CR is whitespace there, flattened.
+    assert "\\\\x1b\\[2J\\\\x1b\\]0;pwned\\\\x07 PASSED \\\\x9b1A ok\\\\u202egnp.exe" in md
+    assert "\\x1b[2J\\x1b]0;pwned\\x07 PASSED \\x9b1A\\x0dok\\u202egnp.exe" in page
+    assert 'access = "user\\u202e \\u2066# admin\\u2069 \\u2066"  # \\x1b[8m' in md  # the fenced source
+    assert 'access = &quot;user\\u202e \\u2066# admin\\u2069 \\u2066&quot;' in page
