@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.exceptions import DataError, ResearcherError, SandboxUnavailable, UsageError
+from orchestrator.safetext import inert
 from orchestrator.sandbox.config import DEFAULT_IMAGE, DEFAULT_SPARE, DEVICES, RUNTIMES, SandboxConfig, validate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SANDBOX, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -253,13 +254,30 @@ def _api_key(args) -> str | None:
     return getattr(args, "llm_api_key", None) or os.environ.get("OPENAI_API_KEY") or os.environ.get("LLM_API_KEY")
 
 
+def _secrets(args, stored_url: str | None):
+    """Secrets from the flags and environment (the LLM URL whole: the settings store it redacted).
+
+    ``stored_url`` is the run's LLM endpoint (None for the offline planner); a warning is
+    printed when the key or a password would go to it over plain http.
+    """
+    from orchestrator.llm.urls import plain_http_warning
+    from orchestrator.research import Secrets
+
+    secrets = Secrets(_api_key(args), llm_base_url=args.llm_base_url or None)
+    if stored_url:
+        warning = plain_http_warning(secrets.llm_base_url or stored_url, secrets.llm_api_key)
+        if warning:
+            print(f"researcher: warning: {warning}", file=sys.stderr)
+    return secrets
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run `researcher run`."""
     from orchestrator.planning.goal import parse_goal, parse_target_flag
     from orchestrator.planning.types import Target
     import msgspec
 
-    from orchestrator.research import Secrets, sandbox_for_run, settings_from_args, start_run
+    from orchestrator.research import sandbox_for_run, settings_from_args, start_run
     from orchestrator.sandbox.gpus import bound_parallel
 
     target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
@@ -272,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = msgspec.structs.replace(settings, parallel=parallel)
     config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
     settings = _with_sandbox_extra(settings, config)
-    return start_run(settings, root=args.runs_dir, config=config, secrets=Secrets(_api_key(args)),
+    return start_run(settings, root=args.runs_dir, config=config, secrets=_secrets(args, args.llm_base_url),
                      backend_factory=docker_backend_factory(config.image))
 
 
@@ -290,6 +308,8 @@ def add_resume_parser(sub) -> None:
     p = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     p.add_argument("run_dir", type=Path, help="a run directory made by `researcher run`")
     p.add_argument("--llm-api-key", help="API key for an LLM run (default: $OPENAI_API_KEY or $LLM_API_KEY)")
+    p.add_argument("--llm-base-url", help="the LLM endpoint with its credentials (user:pass@, ?key=), which the run "
+                                          "stored without them (default: the stored URL)")
     add_jobs_dir_flag(p)
     p.set_defaults(func=cmd_resume)
 
@@ -297,7 +317,7 @@ def add_resume_parser(sub) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Run `researcher resume`."""
     from orchestrator.registry import Registry
-    from orchestrator.research import Secrets, resume_run
+    from orchestrator.research import resume_run
 
     with Registry.open(args.run_dir, readonly=True) as registry:
         settings = registry.settings
@@ -308,7 +328,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         timeout_s=float(x.get("timeout_s", 900.0)), jobs_dir=_abspath(args.jobs_dir),
         gpus=tuple(g for g in str(x.get("gpus") or "").split(",") if g),
     ))
-    return resume_run(args.run_dir, config=config, secrets=Secrets(_api_key(args)),
+    llm_url = settings.llm_base_url if settings.planner == "llm" else None
+    return resume_run(args.run_dir, config=config, secrets=_secrets(args, llm_url),
                       backend_factory=docker_backend_factory(config.image))
 
 
@@ -348,7 +369,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for r in runs:
         started = dt.datetime.fromtimestamp(r.started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if r.started else "?"
         best = f"{r.metric} {r.best_mean:.4f}" if getattr(r, "best_mean", None) is not None else "-"
-        print(f"{r.name:<28} {r.status:<12} {started:<17} {r.dataset:<14} {r.candidates:>4} {r.failed:>4}  {best}")
+        print(inert(f"{r.name:<28} {r.status:<12} {started:<17} {r.dataset:<14} {r.candidates:>4} {r.failed:>4}  {best}"))
     return EXIT_OK
 
 
@@ -461,16 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"researcher: error: {exc}", file=sys.stderr)
+        print(f"researcher: error: {inert(exc, multiline=True)}", file=sys.stderr)
         return EXIT_USAGE
     except DataError as exc:
-        print(f"researcher: data error: {exc}", file=sys.stderr)
+        print(f"researcher: data error: {inert(exc, multiline=True)}", file=sys.stderr)
         return EXIT_USAGE
     except SandboxUnavailable as exc:
-        print(f"researcher: no sandbox available: {exc}", file=sys.stderr)
+        print(f"researcher: no sandbox available: {inert(exc, multiline=True)}", file=sys.stderr)
         return EXIT_NO_SANDBOX
     except ResearcherError as exc:
-        print(f"researcher: error: {exc}", file=sys.stderr)
+        print(f"researcher: error: {inert(exc, multiline=True)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("researcher: interrupted; sandbox containers removed", file=sys.stderr)

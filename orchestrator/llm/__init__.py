@@ -11,11 +11,13 @@ from orchestrator.llm.errors import (
 from orchestrator.llm.extract import extract_json_object, extract_python
 from orchestrator.llm.records import ChatMessage, ChatResult, FormatMode, LLMCall
 from orchestrator.llm.retry import RetryPolicy, parse_retry_after
+from orchestrator.llm.urls import InsecureCredentialsWarning, plain_http_warning, redact_url
 
 __all__ = [
     "ChatMessage",
     "ChatResult",
     "FormatMode",
+    "InsecureCredentialsWarning",
     "LLMBadResponse",
     "LLMCall",
     "LLMClient",
@@ -29,4 +31,6 @@ __all__ = [
     "extract_python",
     "is_strict_schema",
     "parse_retry_after",
+    "plain_http_warning",
+    "redact_url",
 ]

@@ -6,6 +6,11 @@ structured output (OpenAI's ``json_schema``, then llama-cpp-python's ``json_obje
 ``schema``, then a schema written into the prompt) and remembers what worked; and it
 hands every HTTP attempt to ``recorder`` as an ``LLMCall``. httpx errors become
 ``LLMError``s in ``_translate`` and nowhere else (tree in ``orchestrator.llm.errors``).
+
+Credentials in the base URL (``user:pass@``, ``?key=``) and the API key are sent, and
+never shown: messages name ``redact_url(base_url)`` and every text that is raised or
+recorded goes through a ``Scrubber`` first. A body is read up to ``max_body_bytes``
+and no further, whatever the server sends.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +34,15 @@ from orchestrator.llm.errors import (
     LLMTimeout,
     LLMUnavailable,
 )
+from orchestrator.llm.extract import valid_text
 from orchestrator.llm.records import ChatMessage, ChatResult, FormatMode, LLMCall
 from orchestrator.llm.retry import RETRYABLE_STATUSES, RetryPolicy
+from orchestrator.llm.urls import (
+    InsecureCredentialsWarning,
+    Scrubber,
+    plain_http_warning,
+    redact_url,
+)
 
 Recorder = Callable[[LLMCall], None]
 MessagesIn = Sequence[ChatMessage | dict[str, str]]
@@ -38,6 +51,8 @@ MessagesIn = Sequence[ChatMessage | dict[str, str]]
 NEGOTIATION_ORDER = (FormatMode.JSON_SCHEMA, FormatMode.JSON_OBJECT, FormatMode.PROMPT)
 _FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.I)
 _MAX_ERROR_BODY = 2000
+#: Largest response body read; a completion of a few thousand tokens is a few KiB.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -94,14 +109,18 @@ class _CallState:
 
 
 def chat_url(base_url: str) -> str:
-    """The chat-completions URL for an OpenAI-style base URL (``/v1`` appended if absent)."""
+    """The chat-completions URL for an OpenAI-style base URL (``/v1`` appended if absent).
+
+    Credentials in ``base_url`` are kept (they are sent); errors show it redacted.
+    """
+    shown, scrub = redact_url(base_url), Scrubber.for_endpoint(base_url)
     try:
         url = httpx.URL(base_url.strip())
-    except httpx.InvalidURL as exc:
-        raise UsageError(f"LLM base URL {base_url!r} is not a URL: {exc}") from exc
+    except httpx.InvalidURL as exc:  # not "from exc": httpx's message may quote the URL whole
+        raise UsageError(f"LLM base URL {shown!r} is not a URL: {scrub(str(exc))}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise UsageError(
-            f"LLM base URL {base_url!r} must look like http://HOST:PORT/v1 "
+            f"LLM base URL {shown!r} must look like http://HOST:PORT/v1 "
             "(an OpenAI-compatible endpoint)"
         )
     path = url.path.rstrip("/")
@@ -131,10 +150,8 @@ def is_strict_schema(schema: Any) -> bool:
 def _as_messages(messages: MessagesIn) -> tuple[ChatMessage, ...]:
     out = []
     for m in messages:
-        if isinstance(m, ChatMessage):
-            out.append(m)
-        else:
-            out.append(msgspec.convert(m, ChatMessage))
+        m = m if isinstance(m, ChatMessage) else msgspec.convert(m, ChatMessage)
+        out.append(ChatMessage(m.role, valid_text(m.content)))  # a body must be valid UTF-8
     if not out:
         raise ValueError("chat() needs at least one message")
     return tuple(out)
@@ -161,15 +178,31 @@ def _response_format(mode: FormatMode, schema: dict, name: str) -> dict | None:
     return None
 
 
-def _translate(exc: httpx.HTTPError, url: str, timeout: float) -> LLMError:
-    """The one place where httpx's exceptions become ours."""
+def _translate(exc: httpx.HTTPError, url: str, timeout: float, scrub: Scrubber) -> LLMError:
+    """The one place where httpx's exceptions become ours (``url`` is already redacted)."""
     if isinstance(exc, httpx.TimeoutException):
         return LLMTimeout(f"{url}: no answer within {timeout:g} s ({type(exc).__name__})")
+    detail = scrub(str(exc))
     if isinstance(exc, httpx.ConnectError):
         return LLMUnavailable(
-            f"cannot connect to {url}: {exc}; is the LLM server running at that address?"
+            f"cannot connect to {url}: {detail}; is the LLM server running at that address?"
         )
-    return LLMUnavailable(f"{url}: {type(exc).__name__}: {exc}")
+    return LLMUnavailable(f"{url}: {type(exc).__name__}: {detail}")
+
+
+def _read_body(resp: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of the (decoded) body, and whether there was more."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > cap):
+        return b"", True  # said so up front: do not read any of it
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
 
 
 class LLMClient:
@@ -188,12 +221,21 @@ class LLMClient:
         retry: RetryPolicy | None = None,
         response_format: FormatMode | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if timeout <= 0:
             raise UsageError(f"LLM timeout must be > 0 seconds, got {timeout}")
-        self.url = chat_url(base_url)
+        if max_body_bytes < 1:
+            raise UsageError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        self._url = chat_url(base_url)  # with its credentials: sent, never shown
+        self.url = redact_url(self._url)  # what messages and records name
+        self._scrub = Scrubber.for_endpoint(base_url, api_key)
+        warning = plain_http_warning(base_url, api_key)
+        if warning:
+            warnings.warn(warning, InsecureCredentialsWarning, stacklevel=2)
         self.model = model
         self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
         self.retry = retry or RetryPolicy(max_retries=max_retries)
         self._recorder = recorder
         self._sleep = sleep
@@ -226,18 +268,28 @@ class LLMClient:
 
     def models(self) -> list[str]:
         """Model ids the endpoint lists (a cheap readiness and credentials check)."""
-        url = self.url.removesuffix("/chat/completions") + "/models"
+        chat = httpx.URL(self._url)
+        url = chat.copy_with(path=chat.path.removesuffix("/chat/completions") + "/models")
+        shown = redact_url(str(url))
         try:
-            resp = self._http.get(url)
+            with self._http.stream("GET", url) as resp:
+                status = resp.status_code
+                raw, more = _read_body(resp, self.max_body_bytes if status == 200
+                                       else _MAX_ERROR_BODY)
         except httpx.HTTPError as exc:
-            raise _translate(exc, url, self.timeout) from exc
-        if resp.status_code != 200:
-            raise LLMRejected(f"{url} answered {resp.status_code}: {resp.text[:300]}",
-                              resp.status_code)
+            # not "from exc": httpx's exception holds the request, credentials and all
+            raise _translate(exc, shown, self.timeout, self._scrub) from None
+        if status != 200:
+            text = self._scrub(raw.decode("utf-8", "replace")[:300])
+            raise LLMRejected(f"{shown} answered {status}: {text}", status)
+        if more:
+            raise LLMBadResponse(f"{shown} sent a model list over {self.max_body_bytes:,} bytes")
         try:
-            return [str(m.get("id", "")) for m in _models_decoder.decode(resp.content).data]
-        except msgspec.DecodeError as exc:
-            raise LLMBadResponse(f"{url} sent an unreadable model list: {exc}") from exc
+            listed = _models_decoder.decode(raw).data
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise LLMBadResponse(f"{shown} sent an unreadable model list: "
+                                 f"{self._scrub(str(exc))}") from None
+        return [m["id"] for m in listed if isinstance(m.get("id"), str)]
 
     def chat(
         self,
@@ -300,40 +352,50 @@ class LLMClient:
                   "purpose": state.purpose}
         clock = time.monotonic()
         try:
-            resp = self._http.post(self.url, content=body, headers=_JSON)
+            with self._http.stream("POST", self._url, content=body, headers=_JSON) as resp:
+                status, retry_after = resp.status_code, resp.headers.get("retry-after")
+                raw, more = _read_body(resp, self.max_body_bytes if status == 200
+                                       else _MAX_ERROR_BODY)
         except httpx.HTTPError as exc:
-            error = _translate(exc, self.url, self.timeout)
+            error = _translate(exc, self.url, self.timeout, self._scrub)
             self._record(LLMCall(**record, latency_s=time.monotonic() - clock, error=str(error)))
             return error, None
         latency = time.monotonic() - clock
-        if resp.status_code == 200:
-            return self._success(resp, record, latency, state)
-        text = resp.text[:_MAX_ERROR_BODY]
-        error_text = f"HTTP {resp.status_code}: {text}"
-        self._record(LLMCall(**record, status=resp.status_code, response=text,
+        if status == 200:
+            return self._success(raw, more, record, latency, state)
+        text = self._scrub(raw.decode("utf-8", "replace"))
+        error_text = f"HTTP {status}: {text}"
+        self._record(LLMCall(**record, status=status, response=text,
                              latency_s=latency, error=error_text))
         state.failures.append(f"{request.mode.value}: {error_text[:200]}")
-        if request.negotiating and _is_format_rejection(resp.status_code, text):
+        if request.negotiating and _is_format_rejection(status, text):
             raise _FormatRejected(error_text)
-        if resp.status_code not in RETRYABLE_STATUSES:
-            raise LLMRejected(f"{self.url} refused the request: {error_text}", resp.status_code)
+        if status not in RETRYABLE_STATUSES:
+            raise LLMRejected(f"{self.url} refused the request: {error_text}", status)
         error = LLMUnavailable(f"{self.url} kept failing after {state.attempts} attempts; "
                                f"last {error_text}")
-        return error, resp.headers.get("retry-after")
+        return error, retry_after
 
-    def _success(self, resp: httpx.Response, record: dict[str, Any], latency: float,
+    def _success(self, raw: bytes, more: bool, record: dict[str, Any], latency: float,
                  state: _CallState) -> ChatResult:
         """Decode a 200 answer into a ChatResult (LLMBadResponse if it is not a completion)."""
+        def refuse(error: LLMBadResponse) -> LLMBadResponse:
+            shown = self._scrub(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"))
+            self._record(LLMCall(**record, status=200, response=shown, latency_s=latency,
+                                 error=str(error)))
+            return error
+
+        if more:
+            raise refuse(LLMBadResponse(f"{self.url} sent a response over the "
+                                        f"{self.max_body_bytes:,}-byte cap; reading stopped there"))
         try:
-            completion = _completion_decoder.decode(resp.content)
+            completion = _completion_decoder.decode(raw)
             choice = completion.choices[0]
-        except (msgspec.DecodeError, IndexError) as exc:
-            error = LLMBadResponse(f"{self.url} sent an unreadable completion: {exc}")
-            self._record(LLMCall(**record, status=200, response=resp.text[:_MAX_ERROR_BODY],
-                                 latency_s=latency, error=str(error)))
-            raise error from exc
+        except (msgspec.DecodeError, RecursionError, IndexError) as exc:  # deep nesting: Recursion
+            raise refuse(LLMBadResponse(f"{self.url} sent an unreadable completion: "
+                                        f"{self._scrub(str(exc))}")) from exc
         usage = completion.usage or _Usage()
-        text = choice.message.content or ""
+        text = self._scrub(choice.message.content or "")
         tokens = {"prompt_tokens": usage.prompt_tokens,
                   "completion_tokens": usage.completion_tokens}
         self._record(LLMCall(**record, status=200, response=text, latency_s=latency, **tokens))

@@ -8,7 +8,9 @@
         └── LLMBadResponse(ValueError)       an answer, but not one we can use
 
 The planner catches ``LLMError`` and turns it into a failed or default candidate;
-nothing here escapes a research run.
+nothing here escapes a research run. Messages name the endpoint redacted
+(``orchestrator.llm.urls.redact_url``) and quote server text with its credentials
+scrubbed, so an error can be shown, logged and stored as it is.
 """
 
 from __future__ import annotations

@@ -176,5 +176,5 @@ def repair_messages(system: str, goal: str, facts: DatasetFacts, failed: Outcome
 def correction_message(reply: str, problem: str) -> list[ChatMessage]:
     """Follow-up turns telling the model what was wrong with its last reply."""
     return [ChatMessage("assistant", reply[:2000]),
-            ChatMessage("user", f"That reply cannot be used: {problem}\n"
+            ChatMessage("user", f"That reply cannot be used: {problem[:_MESSAGE_CHARS]}\n"
                                 "Reply again with one corrected JSON object only.")]

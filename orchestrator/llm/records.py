@@ -37,7 +37,11 @@ class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
-    """One HTTP attempt at a chat completion, kept in the registry whatever its outcome."""
+    """One HTTP attempt at a chat completion, kept in the registry whatever its outcome.
+
+    ``response`` and ``error`` come scrubbed of the endpoint's credentials and capped in
+    size by the client; they are safe to store and show.
+    """
 
     time: float  # unix seconds at the start of the attempt
     model: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,14 +41,17 @@ def parse_retry_after(value: str, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP date); None if unreadable."""
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" says nothing; "inf" and "1e999" are capped by the caller
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # "-0000" parses naive; RFC 9110 dates are GMT anyway
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        stamp = when.timestamp()
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:  # "-0000" parses naive; RFC 9110 dates are GMT anyway
-        when = when.replace(tzinfo=datetime.timezone.utc)
     current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    return max(0.0, stamp - current)

@@ -5,6 +5,8 @@ exist, even under a grammar. ``coerce_to_schema`` turns such a value into one th
 accepts where that is unambiguous (clamp numbers, parse numeric strings, drop unknown
 keys and unknown union members) and notes every change, so the caller can say what it
 bounded. What cannot be repaired is dropped; strict validation afterwards decides.
+Notes quote values shortened (``show``), so a megabyte string or a list nested a
+thousand deep costs a line, not a megabyte or a RecursionError.
 """
 
 from __future__ import annotations
@@ -12,10 +14,27 @@ from __future__ import annotations
 import copy
 import math
 import re
+import reprlib
 from typing import Any
 
 _DROP = object()  # marker: leave this value out
 _NOISE = ("title", "description", "discriminator", "examples")
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+
+
+def show(value: Any) -> str:
+    """A short repr of ``value`` for a note: bounded in length and depth, never raising."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length():,} bits>"  # repr() may refuse it
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # pragma: no cover - reprlib bounds depth already
+        return f"<{type(value).__name__}>"
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) and len(key) <= 40 else show(key)
 
 
 def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +91,7 @@ def _coerce_union(value: Any, options: list[dict[str, Any]], root: dict[str, Any
             for name in branch["properties"]["type"]["enum"]:
                 if isinstance(tag, str) and tag.strip().lower() == str(name).lower():
                     return _coerce({**value, "type": name}, branch, root, path, notes)
-        notes.append(f"{path}: dropped, unknown type {tag!r}")
+        notes.append(f"{path}: dropped, unknown type {show(tag)}")
         return _DROP
     for branch in branches:
         if branch.get("type") != "null":
@@ -88,9 +107,9 @@ def _coerce_enum(value: Any, allowed: list[Any], path: str, notes: list[str]) ->
     if isinstance(value, str):
         for option in allowed:
             if isinstance(option, str) and option.lower() == value.strip().lower():
-                notes.append(f"{path}: {value!r} -> {option!r}")
+                notes.append(f"{path}: {show(value)} -> {option!r}")
                 return option
-    notes.append(f"{path}: dropped {value!r}, not one of {allowed}")
+    notes.append(f"{path}: dropped {show(value)}, not one of {allowed}")
     return _DROP
 
 
@@ -105,11 +124,11 @@ def _coerce_object(value: Any, schema: dict[str, Any], root: dict[str, Any], pat
     for key, item in value.items():
         if key not in props:
             if closed:
-                notes.append(f"{path}.{key}: dropped unknown key")
+                notes.append(f"{path}.{_key(key)}: dropped unknown key")
                 continue
             out[key] = item
             continue
-        fixed = _coerce(item, props[key], root, f"{path}.{key}", notes)
+        fixed = _coerce(item, props[key], root, f"{path}.{_key(key)}", notes)
         if fixed is not _DROP:
             out[key] = fixed
     return out
@@ -138,10 +157,15 @@ def _as_number(value: Any, path: str, notes: list[str]) -> float | None:
         try:
             value = float(value.strip())
         except ValueError:
-            notes.append(f"{path}: dropped {value!r}, not a number")
+            notes.append(f"{path}: dropped {show(value)}, not a number")
             return None
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:  # beyond any float, so beyond any bound
+            value = math.inf if value > 0 else -math.inf
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        notes.append(f"{path}: dropped {value!r}, not a finite number")
+        notes.append(f"{path}: dropped {show(value)}, not a finite number")
         return None
     return value
 
@@ -171,12 +195,15 @@ def _coerce_number(value: Any, schema: dict[str, Any], root: dict[str, Any], pat
     fixed = clamp(round(number) if integer else float(number), low, high)
     fixed = int(fixed) if integer else float(fixed)
     if fixed != value:
-        notes.append(f"{path}: {value!r} -> {fixed!r}")
+        notes.append(f"{path}: {show(value)} -> {fixed!r}")
     return fixed
 
 
 def _coerce_string(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str,
                    notes: list[str]) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        notes.append(f"{path}: dropped {show(value)}, expected a string")
+        return _DROP
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -187,7 +214,7 @@ def _coerce_string(value: Any, schema: dict[str, Any], root: dict[str, Any], pat
         notes.append(f"{path}: cut to {limit} characters")
         value = value[:limit]
     if "pattern" in schema and not re.search(schema["pattern"], value):
-        notes.append(f"{path}: dropped {value!r}, does not match {schema['pattern']!r}")
+        notes.append(f"{path}: dropped {show(value)}, does not match {schema['pattern']!r}")
         return _DROP
     return value
 
@@ -197,9 +224,9 @@ def _coerce_boolean(value: Any, schema: dict[str, Any], root: dict[str, Any], pa
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        notes.append(f"{path}: {value!r} -> boolean")
+        notes.append(f"{path}: {show(value)} -> boolean")
         return value.strip().lower() == "true"
-    notes.append(f"{path}: dropped {value!r}, expected true or false")
+    notes.append(f"{path}: dropped {show(value)}, expected true or false")
     return _DROP
 
 

@@ -10,7 +10,10 @@ into a ``Proposal``: tolerant extraction, every value coerced into bounds and no
 still cannot be used gets ``correction_rounds`` follow-ups; an LLM that is down or keeps
 answering nonsense costs one candidate: ``propose`` returns a safe fallback proposal
 whose ``params["origin"] == "fallback"`` and ``params["llm_error"]`` say why. Nothing
-the LLM does raises out of ``propose``.
+the LLM does raises out of ``propose``: hostile replies (huge numbers, deep nesting,
+null bytes) are refused where they are parsed, as ``LLMBadResponse`` or
+``InvalidConfig``, and anything else that escapes handling one reply is caught in
+``propose`` as a last resort and ends in the fallback, like an LLM that is down.
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ from typing import Any, Literal
 
 import msgspec
 
-from orchestrator.exceptions import ResearcherError
 from orchestrator.llm import prompts
 from orchestrator.llm.client import LLMClient
 from orchestrator.llm.errors import LLMBadResponse, LLMError
-from orchestrator.llm.extract import extract_json_object, extract_python
+from orchestrator.llm.extract import PARSE_ERRORS, extract_json_object, extract_python
 from orchestrator.llm.records import ChatMessage
-from orchestrator.llm.schema import coerce_to_schema, compact_schema
+from orchestrator.llm.schema import coerce_to_schema, compact_schema, show
 from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze, render
 from orchestrator.planning.space import epoch_range
 from orchestrator.planning.types import (
@@ -60,6 +62,7 @@ REPAIRABLE = frozenset(FailureKind) - {FailureKind.SANDBOX_UNAVAILABLE,
                                        FailureKind.PROTOCOL_VIOLATION}
 _WIDTH_FIELDS = ("out_channels", "out_features", "channels")
 _MAX_SOURCE_CHARS = 100_000
+_MAX_BOUNDED_CHARS = 600  # of the notes on what was bounded, appended to the rationale
 _SOURCE_TASK = (
     "Write one complete PyTorch model. The JSON field python holds the whole module: imports "
     "(torch, torch.nn, torch.nn.functional), helper classes if any, and one nn.Module class "
@@ -197,13 +200,17 @@ class LLMAssembler:
         except SyntaxError as exc:
             raise LLMBadResponse(f"the python field does not parse: line {exc.lineno}: "
                                  f"{exc.msg}") from exc
+        except PARSE_ERRORS as exc:  # nested past the parser's limits, or not encodable
+            raise LLMBadResponse(f"the python field cannot be parsed ({type(exc).__name__}: "
+                                 f"{str(exc)[:120] or 'too deeply nested'}); write plain, "
+                                 "shallow code") from exc
         classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
         if not classes:
             raise LLMBadResponse("the python field defines no class; define one nn.Module class")
         if isinstance(wanted, str) and wanted in classes:
             return wanted
         chosen = classes[-1]  # helpers come first; the model is usually the last class
-        notes.append(f"class_name {wanted!r} is not defined; using {chosen!r}")
+        notes.append(f"class_name {show(wanted)} is not defined; using {chosen!r}")
         return chosen
 
 
@@ -257,27 +264,36 @@ class LLMPlanner:
     def propose(self, history: Sequence[Outcome]) -> Proposal | None:
         """A repair of the latest repairable failure, else a new candidate; never raises."""
         self._count = max([self._count, *(_ref_number(o.proposal.ref) for o in history)]) + 1
+        try:
+            proposal = self._ask(*self._request(history))
+        except (LLMError, InvalidConfig) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return self._fallback(history)
+        except Exception as exc:  # noqa: BLE001 - last resort: one reply must not end a run
+            self.last_error = f"unexpected {type(exc).__name__} handling the LLM's reply: {exc}"
+            return self._fallback(history)
+        self.last_error = ""
+        return proposal
+
+    def _request(self, history: Sequence[Outcome]) -> tuple[list[ChatMessage], str, str | None]:
+        """The messages to send, the origin ("repair" or "propose") and the repaired parent."""
         failed = self._repairable(history)
         if failed is not None:
             self._sent_for_repair.add(failed.candidate_id)
             messages = prompts.repair_messages(self._system, self.goal, self.facts, failed)
-            origin, parent = "repair", failed.candidate_id
-        else:
-            messages = prompts.propose_messages(self._system, self.goal, self.facts,
-                                                self.target, history, limit=self.history_limit)
-            origin, parent = "propose", None
-        try:
-            proposal = self._ask(messages, origin, parent)
-        except (LLMError, InvalidConfig) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return self._fallback(history)
-        self.last_error = ""
-        return proposal
+            return messages, "repair", failed.candidate_id
+        messages = prompts.propose_messages(self._system, self.goal, self.facts,
+                                            self.target, history, limit=self.history_limit)
+        return messages, "propose", None
 
     def observe(self, outcome: Outcome) -> None:
         """Pass outcomes on to the fallback planner; the history carries the rest."""
         if self.fallback is not None:
             self.fallback.observe(outcome)
+
+    def close(self) -> None:
+        """Close the client's connections (the planner is done)."""
+        self.client.close()
 
     def _repairable(self, history: Sequence[Outcome]) -> Outcome | None:
         """The latest failure that is fixable, not yet sent back, and within the budget."""
@@ -303,7 +319,7 @@ class LLMPlanner:
                 problem = str(exc)
                 messages = [*messages, *prompts.correction_message(result.text, problem)]
                 continue
-            bounded = f" [bounded: {'; '.join(notes)}]" if notes else ""
+            bounded = _bounded_text(notes)
             params = {"origin": origin, "response_format": result.response_format.value,
                       "llm_attempts": result.attempts, "bounded": len(notes)}
             return msgspec.structs.replace(
@@ -318,8 +334,8 @@ class LLMPlanner:
         if self.fallback is not None:
             try:
                 proposal = self.fallback.propose(history)
-            except ResearcherError as exc:  # the fallback's trouble must not end the run either
-                why += f"; fallback planner failed ({exc})"
+            except Exception as exc:  # noqa: BLE001 - the fallback's trouble must not end the run
+                why += f"; fallback planner failed ({type(exc).__name__}: {str(exc)[:300]})"
             else:
                 if proposal is None:
                     return None
@@ -341,7 +357,18 @@ def _depth(candidate_id: str, parents: dict[str, str | None]) -> int:
     return depth
 
 
+def _bounded_text(notes: list[str]) -> str:
+    """`` [bounded: ...]`` for the rationale, at most ``_MAX_BOUNDED_CHARS`` of notes."""
+    if not notes:
+        return ""
+    text = "; ".join(notes)
+    if len(text) > _MAX_BOUNDED_CHARS:
+        text = f"{text[:_MAX_BOUNDED_CHARS]}... ({len(notes)} notes)"
+    return f" [bounded: {text}]"
+
+
 def _ref_number(ref: str) -> int:
     """N of our refs ``llm:N`` / ``llm-fallback:N`` (0 for others), so a resume continues."""
     head, _, number = ref.rpartition(":")
-    return int(number) if head in ("llm", "llm-fallback") and number.isdigit() else 0
+    ours = head in ("llm", "llm-fallback") and number.isascii() and number.isdigit()
+    return int(number) if ours and len(number) < 16 else 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from msgspec import Meta
@@ -57,16 +56,12 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 def redact_url(url: str | None) -> str | None:
-    """``url`` without user:password, query string or fragment (where keys hide)."""
+    """``url`` without user:password, query string or fragment (where keys hide); None stays None."""
     if not url:
         return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal: urlsplit dropped the brackets
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    from orchestrator.llm.urls import redact_url as redact  # one redaction for the whole project
+
+    return redact(url)
 
 
 def sanitised(settings: RunSettings) -> RunSettings:

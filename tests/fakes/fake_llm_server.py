@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 MODEL = "fake-model"
 
@@ -171,7 +172,7 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             server.requests.append(RecordedRequest("GET", self.path, dict(self.headers)))
-            if self.path.rstrip("/").endswith("/models"):
+            if urlsplit(self.path).path.rstrip("/").endswith("/models"):
                 self._send(200, json.dumps({"object": "list", "data": [{"id": MODEL}]}).encode())
             else:
                 self._send(404, b'{"error": {"message": "not found"}}')
@@ -184,7 +185,7 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 body = {"_unparsable": raw.decode("utf-8", "replace")}
             server.requests.append(RecordedRequest("POST", self.path, dict(self.headers), body))
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
             reply = server._next(body)
