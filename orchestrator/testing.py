@@ -140,8 +140,17 @@ def hardening_problems(attrs: dict, settings: dict) -> list[str]:
         ("user", config.get("User"), settings["user"]),
         ("pids limit", host.get("PidsLimit"), settings["pids_limit"]),
         ("writable mounts", [m["Destination"] for m in attrs.get("Mounts", []) if m.get("RW")], []),
+        # named, never the engine's default (which may be nvidia's, passing every GPU to a cpu job)
+        ("runtime", host.get("Runtime"), settings["runtime"]),
+        ("environment", _values_of(config.get("Env") or [], settings["environment"]), settings["environment"]),
     ]
     return [f"{name} is {got!r}, not {want!r}" for name, got, want in checks if got != want]
+
+
+def _values_of(env: list[str], wanted: dict[str, str]) -> dict[str, str | None]:
+    """The container's values of our variables (NVIDIA_VISIBLE_DEVICES=void for cpu, thread counts)."""
+    seen = dict(item.split("=", 1) for item in env if "=" in item)
+    return {name: seen.get(name) for name in wanted}
 
 
 class SandboxBackend:

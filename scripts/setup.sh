@@ -73,17 +73,26 @@ start_dockerd() {
 }
 
 register_gvisor() {
-    # runsc needs --host-uds=open for the job's ZeroMQ ipc socket and --network=none.
+    # runsc needs --network=none and --host-uds=open (the job's ZeroMQ ipc socket). A GPU job under
+    # gVisor also needs nvproxy, gVisor's proxy of NVIDIA's driver: a runsc that has it gets
+    # --nvproxy=true (a container given no GPU still gets none). Debian 12's runsc (20221219) has
+    # no such flag and would refuse every container given it: there runsc serves cpu jobs only.
     command -v runsc >/dev/null || return 0
-    docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' && return 0
-    say "registering the gVisor runtime in /etc/docker/daemon.json"
+    local args=(--network=none --host-uds=open)
+    # grep without -q reads all of runsc's output: no SIGPIPE to trip pipefail
+    if runsc flags 2>&1 | grep -E '^[[:space:]]*-nvproxy([[:space:]]|$)' >/dev/null; then
+        args+=(--nvproxy=true)
+    fi
+    [ "$(gvisor_args)" = "${args[*]}" ] && return 0
+    say "registering the gVisor runtime in /etc/docker/daemon.json: runsc ${args[*]}"
+    [[ " ${args[*]} " == *" --nvproxy=true "* ]] ||
+        say "note: this runsc has no nvproxy; --runtime runsc with --device cuda needs a newer gVisor"
     mkdir -p /etc/docker
-    "$PYTHON" - "$(command -v runsc)" <<'EOF'
+    "$PYTHON" - "$(command -v runsc)" "${args[@]}" <<'EOF'
 import json, pathlib, sys
 path = pathlib.Path("/etc/docker/daemon.json")
 config = json.loads(path.read_text()) if path.exists() and path.read_text().strip() else {}
-config.setdefault("runtimes", {})["runsc"] = {
-    "path": sys.argv[1], "runtimeArgs": ["--network=none", "--host-uds=open"]}
+config.setdefault("runtimes", {})["runsc"] = {"path": sys.argv[1], "runtimeArgs": sys.argv[2:]}
 path.write_text(json.dumps(config, indent=2) + "\n")
 EOF
     # dockerd reloads its runtimes on SIGHUP; running containers are untouched.
@@ -93,10 +102,15 @@ EOF
         kill -HUP "$(cat /var/run/docker.pid)"
     fi
     for _ in $(seq 20); do
-        docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' && return 0
+        [ "$(gvisor_args)" = "${args[*]}" ] && return 0
         sleep 0.5
     done
     die "dockerd did not pick up the runsc runtime; check /etc/docker/daemon.json and $DOCKERD_LOG"
+}
+
+gvisor_args() {
+    # The arguments dockerd passes to runsc, space-separated; empty when it has no runsc.
+    docker info --format '{{with index .Runtimes "runsc"}}{{join .Args " "}}{{end}}' 2>/dev/null || true
 }
 
 make_venv() {

@@ -32,7 +32,10 @@ def write_candidate_files(paths: RunPaths, record: CandidateRecord, *, plots: bo
     if record.curves:
         write_json(folder / "curves.json", {str(k): v for k, v in record.curves.items()})
     if plots:
-        write_plots(folder, record)
+        try:
+            write_plots(folder, record)
+        except Exception:  # noqa: BLE001 - a plot is a convenience; the record and its JSON are written
+            pass
     return folder
 
 

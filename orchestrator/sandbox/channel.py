@@ -1,24 +1,29 @@
 """The host end of one job's ZeroMQ socket: size-capped, typed, no pickle.
 
-The host binds ``ipc://<job_dir>/worker.sock`` (as root, so the socket is made
-world-writable for the uid-65534 worker) and the worker connects through the
-read-only bind mount. Every receive is capped by ``zmq.MAXMSGSIZE`` (an
-oversized frame drops the peer instead of filling memory) and decoded by one
-typed msgspec decoder; anything else is a ``ProtocolViolation``.
+The host binds ``ipc://<job_dir>/worker.sock`` in a job directory it has just
+made inside its private jobs root (``jobsroot``), makes the socket
+world-writable for the uid-65534 worker (never through a symlink), and the
+worker connects through the read-only bind mount of that directory. No other
+local user can reach the socket: the jobs root above it is 0700. Every
+receive is capped by ``zmq.MAXMSGSIZE`` (an oversized frame drops the peer
+instead of filling memory) and decoded by one typed msgspec decoder; anything
+else is a ``ProtocolViolation``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 import zmq
 
-from orchestrator.exceptions import ProtocolViolation
-from sandbox_image.protocol import Job, WorkerMessage, encoder, worker_decoder
+from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
+from orchestrator.sandbox.jobsroot import chmod_socket
+from sandbox_image.protocol import Bye, Job, WorkerMessage, encoder, worker_decoder
 
 SOCKET_NAME = "worker.sock"
+#: Frames ZeroMQ may queue for the host before the worker's sends block.
+RECEIVE_HWM = 16
 
 
 class Channel:
@@ -29,10 +34,21 @@ class Channel:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        # A small receive queue: a worker that floods blocks on its own send instead of
+        # filling the host's memory with queued frames.
+        self._sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.HANDSHAKE_IVL, 2000)  # peers that never finish the ZMTP greeting go
-        self._sock.bind(f"ipc://{self.path}")
-        os.chmod(self.path, 0o666)  # the worker runs as uid 65534
+        try:
+            self._sock.bind(f"ipc://{self.path}")
+            chmod_socket(self.path, 0o666)  # the worker runs as uid 65534; the 0700 jobs root keeps others out
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            raise SandboxUnavailable(f"cannot bind the job's socket {self.path}: {exc}") from exc
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        self.received_bytes = 0  # of every frame so far: the job's byte budget is checked against it
         self._decoder = worker_decoder()
         self._encoder = encoder()
 
@@ -57,11 +73,19 @@ class Channel:
         except zmq.ZMQError as exc:
             raise ProtocolViolation(f"cannot send the job to the worker: {exc}") from exc
 
+    def bye(self) -> None:
+        """Tell the worker its last message was read, so it may exit (best effort: it may be gone)."""
+        try:
+            self._sock.send(self._encoder.encode(Bye()), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def recv(self, timeout_s: float) -> WorkerMessage | None:
         """The next decoded message, or None when nothing came within ``timeout_s``."""
         if not self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
             return None
         frame = self._sock.recv(copy=False)
+        self.received_bytes += len(frame.buffer)
         try:
             return self._decoder.decode(frame.buffer)
         except msgspec.DecodeError as exc:

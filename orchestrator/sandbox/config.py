@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import msgspec
 
 from orchestrator.exceptions import UsageError
+from orchestrator.sandbox.jobsroot import default_jobs_root
 from sandbox_image.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_IMAGE = "pytorch-researcher-sandbox:latest"
@@ -65,12 +65,12 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     log_max_size: str = "1m"  # container log cap (stdout/stderr floods)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # cap of one message from the worker
     warm_up: bool = False  # a warm-pool slot: warms up before Ready, low CPU weight until its job
-    jobs_dir: str | None = None  # host dir of the per-job socket dirs; None = the system temp dir
+    jobs_dir: str | None = None  # private (0700) host dir of the per-job socket dirs; None = <tmp>/researcher-jobs-<uid>
 
     @property
     def jobs_root(self) -> str:
-        """The directory job directories are made in (absolute)."""
-        return os.path.abspath(self.jobs_dir or tempfile.gettempdir())
+        """The private directory job directories are made in (absolute; see ``jobsroot``)."""
+        return os.path.abspath(self.jobs_dir or default_jobs_root())
 
     @property
     def threads(self) -> int:

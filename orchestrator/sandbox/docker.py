@@ -5,8 +5,11 @@ off from the command line: no network, read-only root, a capped tmpfs for
 /tmp, all capabilities dropped, no-new-privileges, uid 65534, pids, memory
 (= memory + swap) and CPU caps, nofile and core ulimits, a capped log, an init
 process (so a kill is immediate), only the environment we set, the job socket
-and data mounted read-only, and no Docker socket. Docker SDK errors are
-translated here, once, into ``orchestrator.exceptions``.
+and data mounted read-only, and no Docker socket. The runtime is always named
+(``runc`` unless ``--runtime``) and a cpu job sets ``NVIDIA_VISIBLE_DEVICES=void``:
+on a host whose default runtime is ``nvidia``, a container that named neither
+would see every GPU (CUDA images set ``NVIDIA_VISIBLE_DEVICES=all``). Docker SDK
+errors are translated here, once, into ``orchestrator.exceptions``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ def connect(timeout: float = 30.0) -> docker.DockerClient:
 
 def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> dict:
     """The docker SDK arguments of one hardened job container (pure, for tests)."""
-    threads = str(config.threads)
     # Docker takes a relative path for the name of a volume, not a bind mount: resolve.
     volumes = {str(Path(job_dir).resolve()): {"bind": "/job", "mode": "ro"}}
     if data_dir is not None:
@@ -81,28 +83,37 @@ def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: 
         ],
         log_config=LogConfig(type="json-file", config={"max-size": config.log_max_size, "max-file": "1"}),
         init=True,
-        environment={
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "OPENBLAS_NUM_THREADS": threads,
-            "PYTHONHASHSEED": "0",
-        },
+        environment=_environment(config),
         volumes=volumes,
         hostname="sandbox",
         labels={LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
         name=f"researcher-{job_id}",
+        runtime=config.runtime,  # named even for runc: the engine's default may be nvidia's
     )
     if config.warm_up and config.runtime == "runc":  # a pool slot: its start-up takes only CPU jobs leave idle
         # (runsc has no `update`: a gVisor container would keep the low weight for its job too)
         kwargs["cpu_shares"] = STANDBY_CPU_SHARES
-    if config.runtime != "runc":
-        kwargs["runtime"] = config.runtime
     if config.device == "cuda":
         ids = [config.gpu] if config.gpu is not None else None
         kwargs["device_requests"] = [
             DeviceRequest(device_ids=ids, count=None if ids else 1, capabilities=[["gpu"]])
         ]
     return kwargs
+
+
+def _environment(config: SandboxConfig) -> dict[str, str]:
+    """The container's whole environment: thread counts, hash seed, and no GPU for cpu jobs."""
+    threads = str(config.threads)
+    env = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+        "PYTHONHASHSEED": "0",
+    }
+    if config.device != "cuda":
+        # Read by NVIDIA's container runtime and hook: "void" exposes no GPU even where they run.
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    return env
 
 
 def _explain_create_error(exc: docker.errors.DockerException, config: SandboxConfig) -> SandboxError:

@@ -22,9 +22,11 @@ import msgspec
 import numpy as np
 
 from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
+from orchestrator.sandbox import bounds
 from orchestrator.sandbox.base import Backend, ExitStatus, Sandbox
 from orchestrator.sandbox.channel import Channel
 from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.jobsroot import default_jobs_root, ensure_jobs_root
 from sandbox_image.protocol import (
     ALLOWED_DTYPES,
     PROTOCOL_VERSION,
@@ -94,20 +96,26 @@ def new_job_id() -> str:
 
 
 def make_private_dir(root: Path | None, prefix: str) -> Path:
-    """A new ``prefix*`` directory in ``root`` (made if missing; None = the system temp dir)."""
+    """A new 0700 ``prefix*`` directory in the jobs root ``root`` (None = the default one).
+
+    The root is made 0700 if missing and refused (``SandboxUnavailable``) unless it
+    is private to this user: see ``orchestrator.sandbox.jobsroot``.
+    """
+    root = ensure_jobs_root(root if root is not None else default_jobs_root())
     try:
-        if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     except OSError as exc:
-        where = root or tempfile.gettempdir()
-        raise SandboxUnavailable(f"cannot make a directory in {where} (the jobs dir, --jobs-dir): {exc}") from exc
+        raise SandboxUnavailable(f"cannot make a directory in {root} (the jobs dir, --jobs-dir): {exc}") from exc
 
 
 def make_job_dir(root: Path | None = None) -> Path:
-    """A private directory for one job's socket, traversable by the worker's uid."""
+    """A new directory for one job's socket in the private jobs root, searchable by uid 65534.
+
+    Docker mounts this directory itself at /job: the worker needs o+x here (no
+    listing), never a way through the 0700 root above it.
+    """
     path = make_private_dir(root, "researcher-job-")
-    path.chmod(0o711)  # o+x so uid 65534 can reach the socket; no listing
+    path.chmod(0o711)  # just made by us inside a root only we can enter: no link to follow
     return path
 
 
@@ -123,6 +131,7 @@ class Slot:
         self.id = slot_id or new_job_id()
         self.config = config
         self.ready: Ready | None = None
+        self.violation = ""  # set when the Ready itself was out of bounds (e.g. GPUs not asked for)
         self.started_at = self.ready_at = 0.0
         self.prioritised = not config.warm_up  # only pool slots start at a low CPU weight
         self.job_dir = make_job_dir(jobs_root if jobs_root is not None else Path(config.jobs_root))
@@ -183,6 +192,10 @@ class Slot:
                 f"orchestrator speaks {PROTOCOL_VERSION}: rebuild it with `researcher image build`"
             )
         self.channel.seal()
+        try:
+            bounds.check_ready(msg, device=self.config.device)
+        except ProtocolViolation as exc:  # the job that takes this slot fails with it, unsent
+            self.violation = str(exc)
         self.ready, self.ready_at = msg, time.monotonic()
         return True
 
@@ -217,6 +230,11 @@ def execute(slot: Slot, job: Job, *, n_test: int | None = None,
     slot.prioritise()  # a pool slot waited at a low CPU weight; its job gets the normal one
     start = time.monotonic()
     result = JobResult(job_id=job.job_id, ready=slot.ready, startup_seconds=slot.ready_at - slot.started_at)
+    if slot.violation:
+        slot.sandbox.kill()
+        result.failure = Failure(stage=Stage.STARTUP, kind=FailureKind.PROTOCOL_VIOLATION, message=slot.violation)
+        result.logs = slot.sandbox.logs(40)
+        return result
     try:
         _Session(slot.sandbox, slot.channel, slot.config, result, start, n_test, on_message).run(job)
     finally:
@@ -258,9 +276,13 @@ class _Session:
         self.deadline = start + config.timeout_s
         self.stage = Stage.IMPORT
         self.count = 0
+        self.progress_seen: dict[int, int] = {}  # seed -> Progress messages
+        self.byte_budget = 0  # set with the job
 
     def run(self, job: Job) -> None:
         """Drive the job to a terminal state; record a Failure for anything abnormal."""
+        # counted from here on: Ready came before, and the budget covers the job's own messages
+        self.byte_budget = self.channel.received_bytes + bounds.byte_budget(job, self.n_test)
         try:
             self._send(job)
             self._collect(job)
@@ -300,6 +322,7 @@ class _Session:
                 raise _Stop
             if done:
                 break
+        self.channel.bye()  # everything is read: the worker may close without losing a frame
         peak = getattr(self.sandbox, "peak_memory", None)
         self.result.peak_memory_bytes = peak() if peak is not None else None
         # After Done nothing more is needed from the worker; after a Failure, give the
@@ -313,12 +336,14 @@ class _Session:
             self._set_failure(FailureKind.OUT_OF_MEMORY, f"killed at the memory cap ({self.config.memory})", self.stage, force=True)
 
     def _accept(self, msg: WorkerMessage, job: Job) -> bool:
-        """Record one message; True when it ends the job."""
+        """Record one message, held to ``bounds`` first; True when it ends the job."""
         match msg:
             case CheckReport() if self.result.check is None:
+                bounds.check_report(msg, job)
                 self.result.check = msg
                 self.stage = Stage.TRAIN
             case Progress() if self.result.check is not None:
+                bounds.check_progress(msg, job, self.progress_seen)
                 self.result.progress.append(msg)
             case Predictions() if self.result.check is not None:
                 self._check_predictions(msg, job)
@@ -329,6 +354,7 @@ class _Session:
                 self.result.failure = msg
                 return True
             case Done():
+                bounds.check_done(msg)
                 self._check_done(job)
                 return True
             case _:
@@ -338,9 +364,9 @@ class _Session:
     # --------------------------------------------------------------- checks
 
     def _check_predictions(self, msg: Predictions, job: Job) -> None:
-        seeds = job.train.seeds if job.train is not None else ()
-        if msg.seed not in seeds or any(p.seed == msg.seed for p in self.result.predictions):
-            raise ProtocolViolation(f"predictions for unexpected or repeated seed {msg.seed}")
+        bounds.check_predictions(msg, job)
+        if any(p.seed == msg.seed for p in self.result.predictions):
+            raise ProtocolViolation(f"predictions for repeated seed {msg.seed}")
         if msg.dtype not in ALLOWED_DTYPES:
             raise ProtocolViolation(f"logits dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
         if self.n_test is not None:
@@ -366,16 +392,23 @@ class _Session:
                 raise _Expired
             msg = self.channel.recv(min(_POLL_S, until - now))
             if msg is not None:
-                self.count += 1
-                if self.count > _MAX_MESSAGES:
-                    raise ProtocolViolation(f"more than {_MAX_MESSAGES} messages from one job")
-                return msg
+                return self._counted(msg)
             status = self.sandbox.exit_status()
             if status is not None:
                 msg = self.channel.recv(0.2)  # a last message may still be in flight
                 if msg is not None:
-                    return msg
+                    return self._counted(msg)
                 raise _Ended(status)
+
+    def _counted(self, msg: WorkerMessage) -> WorkerMessage:
+        """``msg``, if the job is still within its message count and byte budget."""
+        self.count += 1
+        if self.count > _MAX_MESSAGES:
+            raise ProtocolViolation(f"more than {_MAX_MESSAGES} messages from one job")
+        if self.channel.received_bytes > self.byte_budget:
+            raise ProtocolViolation(f"the worker sent {self.channel.received_bytes:,} bytes, over this "
+                                    f"job's budget of {self.byte_budget:,} (its logits and curves, and slack)")
+        return msg
 
     # --------------------------------------------------------------- failures
 

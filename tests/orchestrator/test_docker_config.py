@@ -1,5 +1,6 @@
 """The hardening of every job container, checked on the arguments we hand Docker."""
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_every_hardening_setting_is_on_by_default():
     assert "size=256m" in kw["tmpfs"]["/tmp"] and "noexec" in kw["tmpfs"]["/tmp"]
     assert {u["Name"]: u["Hard"] for u in kw["ulimits"]} == {"nofile": 1024, "core": 0}
     assert kw["log_config"]["Config"] == {"max-size": "1m", "max-file": "1"}
-    assert "runtime" not in kw and "device_requests" not in kw
+    assert kw["runtime"] == "runc" and "device_requests" not in kw  # named: the default may be nvidia's
 
 
 def test_only_the_job_socket_and_data_are_mounted_read_only_and_no_docker_socket():
@@ -41,7 +42,8 @@ def test_environment_is_ours_alone_and_threads_follow_the_cpu_cap(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
     kw = _kwargs(cpus=2.5)
     assert kw["environment"]["OMP_NUM_THREADS"] == "2"
-    assert set(kw["environment"]) == {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED"}
+    assert set(kw["environment"]) == {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED",
+                                      "NVIDIA_VISIBLE_DEVICES"}
     assert "sk-must-not-leak" not in repr(kw)
 
 
@@ -86,7 +88,7 @@ def test_a_jobs_dir_whose_sockets_would_not_fit_sun_path_is_refused():
     assert validate(SandboxConfig(jobs_dir=longest)).jobs_root == longest
     with pytest.raises(UsageError, match=r"--jobs-dir .* too long for a unix socket.* 108 bytes, the limit is 107"):
         validate(SandboxConfig(jobs_dir=longest + "j"))
-    assert SandboxConfig().jobs_root == tempfile.gettempdir()
+    assert SandboxConfig().jobs_root == os.path.join(tempfile.gettempdir(), f"researcher-jobs-{os.geteuid()}")
 
 
 def test_a_pool_slot_waits_at_a_low_cpu_weight_and_a_job_container_at_the_default():
