@@ -1,17 +1,40 @@
 """The training recipe: one seed of one candidate, from arrays to test logits.
 
-This module runs INSIDE the untrusted sandbox (and in host tests), so it imports
-only torch, numpy, the standard library and ``sandbox_image.protocol``. The host
-never trusts what it reports: the curves are diagnostics, the test logits are
+This module runs INSIDE the untrusted sandbox (and in host tests), so it imports only
+torch, numpy, the standard library, ``evaluator.augment`` and ``sandbox_image.protocol``.
+The host never trusts what it reports: the curves are diagnostics, the test logits are
 scored on the trusted side against labels the sandbox never sees.
 
-Epochs are numbered from 1. The weights with the lowest validation loss are
-restored before the test logits are predicted, with or without early stopping.
+Epochs are numbered from 1. The recipe's knobs are ``TrainSpec`` fields:
 
-Determinism: every random source is seeded, the shuffling has its own
-generator and deterministic kernels are requested on CPU, so a seed gives
-identical logits on CPU for the same thread count; on CUDA results are close but
-not bit-identical.
+- ``augment`` (images only, per batch on the device, ``evaluator.augment``): none, shift,
+  crop_flip, crop_flip_erase; a flip happens only where the trusted side set ``hflip_ok``
+  for the dataset, otherwise crop_flip only shifts.
+- ``schedule`` over the planned epochs, stepped per batch (:func:`lr_at`): constant and
+  cosine (both after ``warmup_epochs`` of linear warm-up), onecycle (torch's OneCycleLR
+  with ``max_lr = lr`` and its defaults, momentum cycled 0.95 -> 0.85 -> 0.95).
+- ``optimizer`` adamw | adam | sgd, ``nesterov`` for sgd; ``label_smoothing`` of the
+  training loss (validation loss stays plain cross-entropy, comparable across candidates).
+- ``tta_flip``: the test logits are the mean of the logits of each image and its mirror
+  (only when ``hflip_ok``).
+- On CUDA: ``amp`` autocasts to bf16 where the GPU has it (else fp16 with a loss scaler)
+  and ``channels_last`` stores images and weights channels-last; both are no-ops on CPU.
+
+Best weights: after every epoch the weights with the best validation accuracy (ties: the
+lower validation loss) are kept, and restored before the test logits are predicted. The
+headline metric is accuracy, and validation loss can rise while accuracy still improves.
+``patience`` counts epochs without such an improvement; by default (None) it is 5 with
+the constant schedule and 0, never stop early, with a schedule that must run to its end
+to anneal.
+
+Truncation: ``deadline`` (the worker's share of ``time_budget_s``) is checked after every
+batch; when it passes, the epoch ends there, is validated, the best weights are restored
+and the test inputs predicted as usual, and the result says ``truncated``.
+
+Determinism: every random source is seeded, the shuffling and the augmentation have
+their own generators (the batch order does not depend on the augmentation) and
+deterministic kernels are requested on CPU, so a seed gives identical logits on CPU
+for the same thread count; on CUDA results are close but not bit-identical.
 
 Start-up cost: ``torch.optim``'s method wrappers and ``torch.use_deterministic_algorithms``
 import ``torch._dynamo``/``torch._inductor`` on first use (2 s of CPU here, as much
@@ -41,9 +64,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluator.augment import make_augmenter
 from sandbox_image.protocol import DataSpec, EpochStats, TrainSpec
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+#: Early-stopping patience of the constant schedule when ``TrainSpec.patience`` is None.
+DEFAULT_PATIENCE = 5
+#: torch.optim.lr_scheduler.OneCycleLR's defaults.
+ONECYCLE_PCT_START = 0.3
+ONECYCLE_DIV_FACTOR = 25.0
+ONECYCLE_FINAL_DIV_FACTOR = 1e4
+ONECYCLE_MOMENTUM = (0.85, 0.95)  # base, max
 
 #: Validation and prediction batches: twice the training batch (no activations kept), capped.
 _EVAL_BATCH_MAX = 1024
@@ -77,6 +109,7 @@ class SeedResult:
     best_epoch: int
     stopped_early: bool
     seconds: float
+    truncated: bool = False  # the deadline cut training short
 
 
 def load_arrays(spec: DataSpec) -> TrainData:
@@ -105,7 +138,7 @@ def train_seed(
     on_epoch: Callable[[EpochStats], None] | None = None,
     deadline: float | None = None,
 ) -> SeedResult:
-    """Train one seed with early stopping on val loss and predict the test inputs."""
+    """Train one seed as ``spec`` says, keep the best-validation weights, predict the test inputs."""
     started = time.monotonic()
     dev = torch.device(device)
     with _determinism(dev):
@@ -113,29 +146,75 @@ def train_seed(
         model = make_model().to(dev)  # after seeding, so the init is reproducible
         tensors = _Tensors.build(data, dev)
         loop = _Loop(model, tensors, spec, dev, seed)
-        curves, best_epoch, stopped_early = loop.run(on_epoch, deadline)
-        logits = _predict(model, tensors.test_x, dev, loop.eval_batch)
+        run = loop.run(on_epoch, deadline)
+        logits = _predict(model, tensors.test_x, dev, loop.eval_batch,
+                          channels_last=loop.channels_last, tta=loop.tta)
     return SeedResult(
         logits=logits,
-        curves=tuple(curves),
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
+        curves=tuple(run.curves),
+        best_epoch=run.best_epoch,
+        stopped_early=run.stopped_early,
         seconds=time.monotonic() - started,
+        truncated=run.truncated,
     )
 
 
 def make_optimizer(params: Iterator[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
-    """The optimiser ``spec`` names, with its learning rate and weight decay."""
+    """The optimiser ``spec`` names, with its learning rate, weight decay and (sgd) Nesterov momentum."""
     name = spec.optimizer.lower()
+    if spec.nesterov and name != "sgd":
+        raise ValueError(f"nesterov applies to optimizer sgd only, not {spec.optimizer!r}")
     if name == "adamw":
         return _compile_free(torch.optim.AdamW)(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if name == "adam":
         return _compile_free(torch.optim.Adam)(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if name == "sgd":
         return _compile_free(torch.optim.SGD)(
-            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, nesterov=spec.nesterov
         )
     raise ValueError(f"unknown optimizer {spec.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_at(spec: TrainSpec, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total_steps`` under ``spec.schedule``."""
+    if spec.schedule == "onecycle":
+        return _onecycle(step, total_steps, spec.lr / ONECYCLE_DIV_FACTOR, spec.lr,
+                         spec.lr / ONECYCLE_DIV_FACTOR / ONECYCLE_FINAL_DIV_FACTOR)
+    if spec.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {spec.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    warm = min(round(spec.warmup_epochs * steps_per_epoch), total_steps)
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    if spec.schedule == "constant":
+        return spec.lr
+    progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+    return spec.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def momentum_at(spec: TrainSpec, step: int, total_steps: int) -> float | None:
+    """OneCycle's cycled momentum (sgd momentum or Adam's beta1) at ``step``; None for other schedules."""
+    if spec.schedule != "onecycle":
+        return None
+    base, top = ONECYCLE_MOMENTUM
+    return _onecycle(step, total_steps, top, base, top)
+
+
+def effective_patience(spec: TrainSpec) -> int:
+    """``spec.patience``, or its default: 5 for the constant schedule, 0 (never stop early) otherwise."""
+    if spec.patience is not None:
+        return spec.patience
+    return DEFAULT_PATIENCE if spec.schedule == "constant" else 0
+
+
+def _onecycle(step: int, total_steps: int, start: float, peak: float, end: float) -> float:
+    """torch's OneCycleLR (two phases, cosine annealing): start -> peak -> end."""
+    peak_step = ONECYCLE_PCT_START * total_steps - 1
+    last_step = total_steps - 1
+    if step <= peak_step:
+        a, b, pct = start, peak, step / peak_step if peak_step > 0 else 1.0
+    else:
+        a, b, pct = peak, end, min((step - peak_step) / (last_step - peak_step), 1.0)
+    return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
 
 #: Optimizer methods torch wraps in ``torch._disable_dynamo`` (a pass-through outside torch.compile).
@@ -264,53 +343,90 @@ class _Tensors:
         )
 
 
+@dataclass
+class _Run:
+    """How one seed's training went."""
+
+    curves: list[EpochStats]
+    best_epoch: int = 0
+    stopped_early: bool = False
+    truncated: bool = False
+
+
+class _Best:
+    """The best epoch so far (highest val accuracy, ties to the lower val loss) and its weights."""
+
+    def __init__(self) -> None:
+        self.acc, self.loss, self.epoch, self.state = -math.inf, math.inf, 0, None
+
+    def offer(self, stats: EpochStats, model: nn.Module) -> bool:
+        """Keep ``model``'s weights when ``stats`` beats the best so far; True if it did."""
+        if (stats.val_acc, -stats.val_loss) <= (self.acc, -self.loss):
+            return False
+        self.acc, self.loss, self.epoch = stats.val_acc, stats.val_loss, stats.epoch
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
+
+
 class _Loop:
-    """The epoch loop of one seed: optimiser, AMP, early stopping, best weights."""
+    """The epoch loop of one seed: optimiser, schedule, augmentation, AMP, best weights, deadline."""
 
     def __init__(
         self, model: nn.Module, t: _Tensors, spec: TrainSpec, device: torch.device, seed: int
     ) -> None:
         if spec.epochs < 1 or spec.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {spec.epochs}, {spec.batch_size}")
+        _check_knobs(spec)
+        images = t.train_x.dim() == 4
+        self.channels_last = spec.channels_last and device.type == "cuda" and images
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # before the optimiser sees the parameters
         self.model, self.t, self.spec, self.device = model, t, spec, device
         self.optimizer = make_optimizer(model.parameters(), spec)
         self.generator = torch.Generator().manual_seed(seed)
+        self.augment = make_augmenter(spec.augment, tuple(t.train_x.shape[1:]), hflip_ok=spec.hflip_ok,
+                                      crop_px=spec.crop_px, pad_mode=spec.pad_mode, seed=seed)
+        self.tta = spec.tta_flip and spec.hflip_ok and images
         self.autocast, self.scaler = _amp(device, spec.amp)
         self.eval_batch = min(_EVAL_BATCH_MAX, 2 * spec.batch_size)
+        n = t.train_x.shape[0]
+        # A last batch of one sample would break BatchNorm in training mode: leave it out
+        # (the reshuffle gives that sample a place in the next epoch).
+        self.used = n - 1 if n > 1 and n % spec.batch_size == 1 else n
+        self.steps_per_epoch = math.ceil(self.used / spec.batch_size)
+        self.total_steps = spec.epochs * self.steps_per_epoch
+        self.scheduled = spec.schedule != "constant" or spec.warmup_epochs > 0
+        self.step = 0
 
-    def run(
-        self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None
-    ) -> tuple[list[EpochStats], int, bool]:
-        """Train until the epoch budget, patience or deadline runs out; keep the best weights."""
-        curves: list[EpochStats] = []
-        best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
-        stopped_early = False
-        for epoch in range(1, self.spec.epochs + 1):
-            stats = self._epoch(epoch)
-            curves.append(stats)
+    def run(self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None) -> _Run:
+        """Train until the epoch budget, patience or deadline runs out; restore the best weights."""
+        run, best, stale = _Run(curves=[]), _Best(), 0
+        patience, epochs = effective_patience(self.spec), self.spec.epochs
+        for epoch in range(1, epochs + 1):
+            stats, cut = self._epoch(epoch, deadline)
+            run.curves.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
-            if stats.val_loss < best_loss:
-                best_loss, best_epoch, stale = stats.val_loss, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                stale += 1
-            if self.spec.patience > 0 and stale >= self.spec.patience and epoch < self.spec.epochs:
-                stopped_early = True
+            stale = 0 if best.offer(stats, self.model) else stale + 1
+            if cut or (epoch < epochs and deadline is not None and time.monotonic() >= deadline):
+                run.truncated = True
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            if patience > 0 and stale >= patience and epoch < epochs:
+                run.stopped_early = True
                 break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        return curves, best_epoch, stopped_early
+        if best.state is not None:
+            self.model.load_state_dict(best.state)
+        run.best_epoch = best.epoch
+        return run
 
-    def _epoch(self, epoch: int) -> EpochStats:
+    def _epoch(self, epoch: int, deadline: float | None) -> tuple[EpochStats, bool]:
         started = time.monotonic()
-        train_loss, train_acc = self._train_epoch()
-        val_loss, val_acc = _evaluate(self.model, self.t.val_x, self.t.val_y, self.device, self.eval_batch)
+        train_loss, train_acc, cut = self._train_epoch(deadline)
+        val_loss, val_acc = _evaluate(self.model, self.t.val_x, self.t.val_y, self.device, self.eval_batch,
+                                      channels_last=self.channels_last)
         if not math.isfinite(val_loss):
             raise NonFiniteLoss(f"validation loss is {val_loss} at epoch {epoch}")
-        return EpochStats(
+        stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,
             train_acc=train_acc,
@@ -319,33 +435,44 @@ class _Loop:
             seconds=time.monotonic() - started,
             lr=float(self.optimizer.param_groups[0]["lr"]),
         )
+        return stats, cut
 
-    def _train_epoch(self) -> tuple[float, float]:
+    def _train_epoch(self, deadline: float | None) -> tuple[float, float, bool]:
+        """Mean training loss and accuracy of the batches run, and whether the deadline cut the epoch."""
         self.model.train()
         x, y, size = self.t.train_x, self.t.train_y, self.spec.batch_size
-        n = x.shape[0]
-        # A last batch of one sample would break BatchNorm in training mode: leave it out
-        # (the reshuffle gives that sample a place in the next epoch).
-        used = n - 1 if n > 1 and n % size == 1 else n
-        order = torch.randperm(n, generator=self.generator)[:used].to(x.device)
+        order = torch.randperm(x.shape[0], generator=self.generator)[: self.used].to(x.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for step, start in enumerate(range(0, used, size), start=1):
+        seen, cut = 0, False
+        for step, start in enumerate(range(0, self.used, size), start=1):
             idx = order[start : start + size]
-            xb, yb = _to(x[idx], self.device), _to(y[idx], self.device)
+            xb, yb = self._inputs(_to(x[idx], self.device)), _to(y[idx], self.device)
             loss, logits = self._step(xb, yb)
             loss_sum += loss.detach() * yb.shape[0]
             correct += (logits.detach().argmax(dim=1) == yb).sum()
+            seen += yb.shape[0]
             if self.device.type == "cpu" or step % _CUDA_CHECK_EVERY == 0:
                 _check_finite(loss_sum, "training loss")
+            if deadline is not None and seen < self.used and time.monotonic() >= deadline:
+                cut = True
+                break
         _check_finite(loss_sum, "training loss")
-        return float(loss_sum) / used, float(correct) / used
+        return float(loss_sum) / seen, float(correct) / seen, cut
+
+    def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
+        """A training batch as the model gets it: augmented, and channels-last where asked."""
+        if self.augment is not None:
+            xb = self.augment(xb)
+        return _layout(xb, self.channels_last)
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scheduled:
+            self._schedule()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.spec.label_smoothing)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -353,7 +480,37 @@ class _Loop:
         else:
             loss.backward()
             self.optimizer.step()
+        self.step += 1
         return loss, logits
+
+    def _schedule(self) -> None:
+        """Set the lr (and OneCycle's momentum) of the coming step."""
+        lr = lr_at(self.spec, self.step, self.total_steps, self.steps_per_epoch)
+        momentum = momentum_at(self.spec, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if momentum is None:
+                continue
+            if "betas" in group:
+                group["betas"] = (momentum, group["betas"][1])
+            elif group.get("momentum", 0.0) > 0:  # plain sgd stays plain
+                group["momentum"] = momentum
+
+
+def _check_knobs(spec: TrainSpec) -> None:
+    """ValueError for a knob the recipe does not know (the host's parse_train_spec bounds them first)."""
+    if spec.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {spec.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= spec.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {spec.label_smoothing}")
+    if not spec.warmup_epochs >= 0.0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {spec.warmup_epochs}")
+    if spec.patience is not None and spec.patience < 0:
+        raise ValueError(f"patience must be >= 0 or None, got {spec.patience}")
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _amp(
@@ -378,7 +535,8 @@ def _check_finite(value: torch.Tensor, what: str) -> None:
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int,
+    *, channels_last: bool = False,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over ``x``, in eval mode, in float32, in batches."""
     model.eval()
@@ -386,7 +544,7 @@ def _evaluate(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for start in range(0, x.shape[0], batch):
         xb, yb = _to(x[start : start + batch], device), _to(y[start : start + batch], device)
-        logits = model(xb).float()
+        logits = model(_layout(xb, channels_last)).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         correct += (logits.argmax(dim=1) == yb).sum()
     n = max(int(x.shape[0]), 1)
@@ -394,10 +552,22 @@ def _evaluate(
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int) -> np.ndarray:
-    """Test logits (n_test, C) as float32, in eval mode, without autocast, in batches."""
+def _predict(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch: int,
+    *, channels_last: bool = False, tta: bool = False,
+) -> np.ndarray:
+    """Test logits (n_test, C) as float32, in eval mode, without autocast, in batches.
+
+    With ``tta`` each image's logits are the mean of its own and its mirror's.
+    """
     model.eval()
-    parts = [model(_to(x[i : i + batch], device)).float().cpu() for i in range(0, x.shape[0], batch)]
+    parts = []
+    for start in range(0, x.shape[0], batch):
+        xb = _layout(_to(x[start : start + batch], device), channels_last)
+        logits = model(xb).float()
+        if tta:
+            logits = (logits + model(_layout(xb.flip(-1), channels_last)).float()) / 2
+        parts.append(logits.cpu())
     out = torch.cat(parts).numpy()
     if not np.isfinite(out).all():
         raise NonFiniteLoss("the test logits contain NaN or infinite values")

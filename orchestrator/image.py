@@ -40,7 +40,7 @@ DEFAULT_IMAGE = "pytorch-researcher-sandbox:latest"
 CONTENT_HASH_LABEL = "org.pytorch-researcher.content-hash"
 DOCKERFILE = "Dockerfile.sandbox"
 #: Files of the build context besides the sandbox_image/*.py modules; missing ones are skipped.
-EXTRA_CONTEXT_FILES = ("evaluator/__init__.py", "evaluator/recipe.py")
+EXTRA_CONTEXT_FILES = ("evaluator/__init__.py", "evaluator/recipe.py", "evaluator/augment.py")
 #: Host-only modules of sandbox_image/ that the image does not need (also in .dockerignore).
 HOST_ONLY_MODULES = ("sandbox_image/builder.py",)
 BUILD_TIMEOUT_S = 3600

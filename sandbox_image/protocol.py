@@ -12,6 +12,7 @@ Flow of one job::
     worker -> CheckReport                (model imported, forward pass checked)
     worker -> Progress*, Predictions     (per seed, only when the job trains)
     worker -> Done | Failure             (exactly one, last)
+    host   -> Bye                        (all read; the worker exits)
 
 Schema evolution follows msgspec's rules: new fields are added at the end with
 a default. A change that breaks old peers bumps ``PROTOCOL_VERSION``; the host
@@ -25,7 +26,7 @@ from typing import Annotated
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Label on the sandbox image that carries the protocol version it speaks.
 IMAGE_PROTOCOL_LABEL = "org.pytorch-researcher.protocol"
@@ -67,6 +68,19 @@ class Stage(str, enum.Enum):
     PROTOCOL = "protocol"
 
 
+#: Caps the decoder applies to what a worker sends (a forged, huge value is a protocol
+#: violation, not memory spent). The host checks the values themselves in
+#: ``orchestrator.sandbox.bounds``.
+MAX_FAILURE_MESSAGE = 8192
+MAX_FAILURE_TRACEBACK = 16384
+MAX_LABEL = 64  # short strings: versions, device, dtype
+MAX_DIMS = 8  # a shape's length
+MAX_EPOCHS = 1000  # curve entries of one seed (a job asks for at most this many epochs)
+
+Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL)]
+Shape = Annotated[tuple[int, ...], msgspec.Meta(max_length=MAX_DIMS)]
+
+
 class _Msg(msgspec.Struct, frozen=True, tag=True, forbid_unknown_fields=False):
     """Base of every protocol message (frozen, tagged with the class name)."""
 
@@ -75,18 +89,34 @@ class _Msg(msgspec.Struct, frozen=True, tag=True, forbid_unknown_fields=False):
 
 
 class TrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How the worker trains a candidate; chosen by the trusted side."""
+    """How the worker trains a candidate; chosen by the trusted side.
+
+    The recipe (``evaluator.recipe``) documents what each knob does; the defaults are
+    the plain recipe (constant lr, no augmentation, early stopping with patience 5).
+    """
 
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak lr of a schedule (OneCycle's max_lr)
     optimizer: str = "adamw"  # adamw | adam | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
-    patience: int = 5  # early stopping on val loss; 0 disables it
+    # Epochs without a better validation result before training stops; 0 never stops
+    # early; None: 5 with the constant schedule, 0 with cosine and onecycle.
+    patience: int | None = None
     seeds: tuple[int, ...] = (0,)
     time_budget_s: float = 0.0  # wall-clock budget for all seeds; 0 = none
-    amp: bool = True  # mixed precision, used only on cuda
+    amp: bool = True  # mixed precision (bf16 where the GPU has it), used only on cuda
+    augment: str = "none"  # images: none | shift | crop_flip | crop_flip_erase
+    crop_px: int = 0  # largest shift in pixels; 0: 1 under 16 px, 2 under 32 px, else 4
+    pad_mode: str = "reflect"  # zero | reflect: what fills the border a shift uncovers
+    hflip_ok: bool = False  # set by the trusted side from the dataset: may images be flipped?
+    schedule: str = "constant"  # constant | cosine | onecycle, stepped per batch
+    warmup_epochs: float = 0.0  # linear warm-up of constant and cosine (onecycle has its own)
+    nesterov: bool = False  # sgd only
+    label_smoothing: float = 0.0  # of the training loss only
+    tta_flip: bool = False  # average the logits of flipped test images (only when hflip_ok)
+    channels_last: bool = False  # channels_last memory format for images, used only on cuda
 
 
 class DataSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -119,9 +149,9 @@ class Ready(_Msg):
     """The worker is up, its imports are done, and it waits for a job."""
 
     protocol: int
-    python: str = ""
-    torch: str = ""
-    device: str = "cpu"
+    python: Label = ""
+    torch: Label = ""
+    device: Label = "cpu"
     cuda_devices: int = 0
     threads: int = 1
 
@@ -147,7 +177,7 @@ class CheckReport(_Msg, kw_only=True):
 
     params: int
     trainable_params: int
-    output_shape: tuple[int, ...]
+    output_shape: Shape
     forward_seconds: float
     import_seconds: float = 0.0
 
@@ -165,17 +195,15 @@ class Predictions(_Msg, kw_only=True):
 
     seed: int
     logits: bytes
-    dtype: str
-    shape: tuple[int, ...]
-    curves: tuple[EpochStats, ...] = ()
+    dtype: Label
+    shape: Shape
+    curves: Annotated[tuple[EpochStats, ...], msgspec.Meta(max_length=MAX_EPOCHS)] = ()
     best_epoch: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    truncated: bool = False  # training was cut by the job's time budget (best weights kept)
 
 
-#: Caps of a Failure's text: a forged, huge message is a protocol violation, not 16 MB kept.
-MAX_FAILURE_MESSAGE = 8192
-MAX_FAILURE_TRACEBACK = 16384
 
 
 class Failure(_Msg, kw_only=True):
@@ -193,10 +221,18 @@ class Done(_Msg, kw_only=True):
     seconds: float
 
 
+class Bye(_Msg):
+    """The host has read the job's last message (Done or Failure): the worker may exit now.
+
+    The worker waits for it before closing its socket: a worker that exits while its
+    last frames still wait in the host's small receive queue would lose them.
+    """
+
+
 #: What the worker may send.
 WorkerMessage = Ready | CheckReport | Progress | Predictions | Failure | Done
 #: What the host may send.
-HostMessage = Job
+HostMessage = Job | Bye
 
 ALLOWED_DTYPES = ("<f4", "<f2", "<f8")
 

@@ -42,6 +42,7 @@ from sandbox_image.protocol import (
 )
 
 _JOB_WAIT_MS = 3_600_000  # the host kills idle workers long before this
+_BYE_WAIT_MS = 30_000  # the host says Bye as soon as it has read the last message
 _LINGER_MS = 10_000
 
 
@@ -146,7 +147,12 @@ def check_forward(model, job: Job, import_seconds: float) -> CheckReport:
 
 
 def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> None:
-    """Train a fresh instance per seed and send Progress and Predictions."""
+    """Train a fresh instance per seed and send Progress and Predictions.
+
+    With a time budget, each seed gets an equal share of what is left when it starts,
+    so every seed stops in time, keeps its best weights, returns predictions and says
+    ``truncated``; the host's hard kill is only for a worker that will not stop.
+    """
     from evaluator.recipe import NonFiniteLoss, load_arrays, train_seed
 
     assert job.train is not None and job.data is not None
@@ -155,8 +161,13 @@ def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> No
         data = load_arrays(job.data)
     except BaseException as exc:  # noqa: BLE001
         raise _fail(Stage.TRAIN, FailureKind.TRAINING_ERROR, exc) from None
-    deadline = time.monotonic() + spec.time_budget_s if spec.time_budget_s > 0 else None
-    for seed in spec.seeds:
+    budget_end = time.monotonic() + spec.time_budget_s if spec.time_budget_s > 0 else None
+    for index, seed in enumerate(spec.seeds):
+        deadline = None
+        if budget_end is not None:
+            now = time.monotonic()
+            deadline = now + max(budget_end - now, 0.0) / (len(spec.seeds) - index)
+
         def on_epoch(stats, seed=seed):
             send(Progress(seed=seed, stats=stats, epochs=spec.epochs))
 
@@ -180,6 +191,7 @@ def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> No
                 best_epoch=result.best_epoch,
                 stopped_early=result.stopped_early,
                 seconds=result.seconds,
+                truncated=result.truncated,
             )
         )
 
@@ -251,7 +263,12 @@ def serve(endpoint: str, *, warm_up: bool = False) -> int:
     except msgspec.DecodeError as exc:
         send(Failure(stage=Stage.PROTOCOL, kind=FailureKind.PROTOCOL_VIOLATION, message=f"bad job: {exc}"))
         return 4
+    if not isinstance(job, Job):
+        return 4
     run_job(job, send)
+    # The host keeps a small receive queue: wait until it has read everything (its Bye), so
+    # no frame is lost when the connection closes; then linger flushes nothing more.
+    sock.poll(_BYE_WAIT_MS, zmq.POLLIN)
     sock.close()  # linger flushes what is queued
     ctx.term()
     return 0

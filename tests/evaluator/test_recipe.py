@@ -84,10 +84,12 @@ def test_early_stopping_restores_the_best_weights(digits: PreparedData) -> None:
     result = train_seed(_mlp, data, TrainSpec(epochs=30, patience=2, lr=1e-2), seed=0)
     assert result.stopped_early and len(result.curves) == result.best_epoch + 2
     best = result.curves[result.best_epoch - 1]
-    assert best.val_loss == min(s.val_loss for s in result.curves)
+    # best = highest val accuracy, ties broken by the lower val loss
+    assert (best.val_acc, -best.val_loss) == max((s.val_acc, -s.val_loss) for s in result.curves)
     # the test inputs are the val inputs, so the returned logits reproduce the best val loss
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(result.logits), torch.from_numpy(data.val_y))
     assert float(loss) == pytest.approx(best.val_loss, rel=1e-4)
+    assert (result.logits.argmax(axis=1) == data.val_y).mean() == pytest.approx(best.val_acc)
 
 
 def test_patience_zero_runs_every_epoch(digits: PreparedData) -> None:
@@ -95,9 +97,15 @@ def test_patience_zero_runs_every_epoch(digits: PreparedData) -> None:
     assert len(result.curves) == 5 and not result.stopped_early and result.best_epoch < 5
 
 
-def test_deadline_stops_after_the_current_epoch(digits: PreparedData) -> None:
+def test_a_passed_deadline_stops_after_one_batch(digits: PreparedData) -> None:
     result = train_seed(_mlp, digits.train_data(), TrainSpec(epochs=50), seed=0, deadline=time.monotonic())
     assert len(result.curves) == 1 and not result.stopped_early and result.logits.shape == (450, 10)
+    assert result.truncated and result.best_epoch == 1
+
+
+def test_no_deadline_is_not_truncated(digits: PreparedData) -> None:
+    result = train_seed(_mlp, digits.train_data(), TrainSpec(epochs=2), seed=0, deadline=time.monotonic() + 600)
+    assert len(result.curves) == 2 and not result.truncated
 
 
 def test_prediction_is_batched_in_eval_mode_with_the_kept_weights(digits: PreparedData) -> None:
@@ -135,7 +143,7 @@ def test_trains_from_read_only_memory_maps(tmp_path: Path, digits: PreparedData)
     data = load_arrays(spec)
     assert isinstance(data.train_x, np.memmap) and not data.train_x.flags.writeable
     result = train_seed(_mlp, data, TrainSpec(epochs=1), seed=0)  # -W error: no "not writable" warning
-    assert result.logits.shape == (450, 10)
+    assert result.logits.shape == (len(data.test_x), 10)
 
 
 def test_deterministic_mode_is_restored(digits: PreparedData) -> None:

@@ -6,6 +6,7 @@ import io
 import pytest
 
 from orchestrator.doctor import diagnose, print_table
+from sandbox_image.protocol import PROTOCOL_VERSION
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # docker-py leaks a socket on failure
@@ -25,7 +26,7 @@ def test_without_an_engine_the_engine_and_image_are_missing_with_fixes(monkeypat
 def test_with_the_engine_and_image_the_host_is_ready(docker_client):
     findings = {f.check: f for f in diagnose(image="pytorch-researcher-sandbox:latest")}
     assert findings["docker engine"].ok and findings["sandbox image"].ok
-    assert "protocol 1" in findings["sandbox image"].detail
+    assert f"protocol {PROTOCOL_VERSION}" in findings["sandbox image"].detail
     assert print_table(list(findings.values()), io.StringIO()) == 0
 
 
@@ -45,4 +46,4 @@ def test_the_orchestrator_image_is_optional_and_named_with_its_build_command(doc
     assert not missing.ok and not missing.required
     assert "pytorch-researcher:latest not built" in missing.detail and missing.fix == "researcher image build --orchestrator"
     present = check_orchestrator_image(docker_client)  # scripts/setup.sh builds it
-    assert present.ok and "protocol 1" in present.detail
+    assert present.ok and f"protocol {PROTOCOL_VERSION}" in present.detail

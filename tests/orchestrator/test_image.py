@@ -68,3 +68,31 @@ def test_compose_builds_the_image_for_the_current_protocol():
     text = (project_root() / "compose.yaml").read_text()
     assert re.search(r'PROTOCOL_VERSION: "(\d+)"', text).group(1) == str(PROTOCOL_VERSION)
     assert "dockerfile: Dockerfile.sandbox" in text
+
+
+def test_the_image_context_holds_every_project_module_the_worker_imports():
+    """The image copies only the worker's modules: one the worker imports but the image lacks
+    fails every training job (as evaluator/augment.py did once) - catch that without Docker."""
+    import ast
+
+    from orchestrator.image import HOST_ONLY_MODULES
+
+    root = project_root()
+    shipped = set(context_files(root))
+    todo, seen = ["sandbox_image/worker.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse((root / path).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                if name.split(".")[0] in ("evaluator", "sandbox_image", "orchestrator"):
+                    module = name.replace(".", "/") + ".py"
+                    assert not module.startswith("orchestrator/"), f"{path} imports host-only {name}"
+                    assert module in shipped and module not in HOST_ONLY_MODULES, \
+                        f"{path} imports {name}, which the sandbox image does not contain"
+                    todo.append(module)
+    assert {"evaluator/recipe.py", "evaluator/augment.py", "sandbox_image/protocol.py"} <= seen
