@@ -148,3 +148,32 @@ def _save(fig: Figure, path: str | Path) -> Path:
     fig.savefig(tmp, format="png")
     os.replace(tmp, target)
     return target
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The run's best-so-far after one finished candidate: wall time, the chosen model's figures."""
+
+    seconds: float  # since the run started
+    selection: float  # best selection score so far (what chose the model)
+    test: float | None  # that model's test score (reported, chose nothing)
+
+
+def plot_time_to_accuracy(points: Sequence[Progress], path: str | Path, *, metric: str = "accuracy",
+                          title: str = "Time to accuracy") -> Path:
+    """Best-so-far against wall time: a step line of the selection score and the chosen model's test score."""
+    if not points:
+        raise ValueError("no finished candidates to plot")
+    fig = _figure((8, 3.6))
+    ax = fig.add_subplot()
+    minutes = [p.seconds / 60 for p in points]
+    ax.step(minutes, [p.selection for p in points], where="post", marker="o", markersize=3,
+            label=f"best selection {metric} (chooses the model)")
+    tests = [(m, p.test) for m, p in zip(minutes, points) if p.test is not None]
+    if tests:
+        ax.step([m for m, _ in tests], [t for _, t in tests], where="post", marker="s", markersize=3,
+                linestyle="--", label=f"test {metric} of that model (reported only)")
+    ax.set(title=title, xlabel="wall time since the run started (minutes)", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

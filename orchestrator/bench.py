@@ -147,7 +147,7 @@ def _collect(result: ModeResult, job_result, prepared) -> None:
     if job_result.peak_memory_bytes:
         result.peaks.append(job_result.peak_memory_bytes)
     result.train_s.extend(p.seconds for p in job_result.predictions)
-    logits = job_result.logits[0]
+    _, logits = prepared.split_eval(job_result.logits[0])  # the sandbox predicted selection and test inputs
     result.accuracies.append(float((logits.argmax(1) == prepared.test_y).mean()))
 
 
@@ -177,7 +177,7 @@ def _run_cold_one(job: Job, prepared, data_dir: Path, backend, config: SandboxCo
         t2 = time.monotonic()
         slot.wait_ready()  # python, worker and torch imports in the container
         t3 = time.monotonic()
-        job_result = execute(slot, job, n_test=prepared.facts().n_test)
+        job_result = execute(slot, job, n_test=prepared.n_eval)
         t4 = time.monotonic()
     finally:
         slot.close()  # docker rm -f, socket and job dir
@@ -203,7 +203,7 @@ def run_warm(items, prepared, spec, data_dir: Path, backend, config: SandboxConf
 
         def one(item):
             with pool.acquire() as slot:
-                return execute(slot, _job(item, facts, spec, config), n_test=facts.n_test)
+                return execute(slot, _job(item, facts, spec, config), n_test=prepared.n_eval)
 
         with _clock(result), ThreadPoolExecutor(max_workers=parallel) as workers:
             for job_result in workers.map(one, items):

@@ -22,7 +22,7 @@ from orchestrator.safetext import inert
 
 
 def _fmt_ci(record, metric: str) -> str:
-    summary = record.summary(metric)
+    summary = record.selection_summary(metric)  # the live view shows what decides: selection, never test
     if summary is None or summary.ci95_low is None:
         return ""
     return f"[{summary.ci95_low:.4f}, {summary.ci95_high:.4f}]"
@@ -97,7 +97,7 @@ class LiveView:
             line = f"{record.id} pruned after {len(record.val_curve())} epochs"
         else:
             value = record.value(metric)
-            line = f"{record.id} {metric} {value:.4f} {_fmt_ci(record, metric)}  ({record.params or 0:,} params, {record.seconds:.1f} s)"
+            line = f"{record.id} selection {metric} {value:.4f} {_fmt_ci(record, metric)}  ({record.params or 0:,} params, {record.seconds:.1f} s)"
         _say(line)
 
     def message(self, text: str) -> None:
@@ -126,7 +126,7 @@ class LiveView:
             epoch = f"{entry['epoch']}/{entry.get('epochs', '?')}" if entry.get("epoch") else "starting"
             val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
             flight.add_row(*map(_cell, (cid, model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}")))
-        board = Table(title="leaderboard (test, mean over seeds)", expand=True, title_justify="left")
+        board = Table(title="leaderboard (selection split, mean over seeds)", expand=True, title_justify="left")
         for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
             board.add_column(_cell(col))
         passed = [c for c in loop.registry.candidates("passed") if c.value(metric) is not None]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from orchestrator.check import syntax_failure
+from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.planning.assembler import render
 from orchestrator.planning.types import InvalidConfig, Outcome, Planner, Proposal, should_prune
 from orchestrator.registry import CandidateRecord, Registry
@@ -28,12 +29,20 @@ from orchestrator.sandbox.pool import WarmPool
 from orchestrator.sandbox.runner import JobResult, execute
 from sandbox_image.protocol import CheckReport, Failure, FailureKind, Job, Predictions, Progress, Stage
 
+#: Planner failures in a row (exceptions, unrecordable proposals) after which the loop stops.
+MAX_PLANNER_ERRORS = 5
+#: A candidate trains for at most this share of the sandbox's hard limit, less a margin for
+#: start-up and predictions; it always gets at least MIN_CANDIDATE_S.
+SANDBOX_SHARE, SANDBOX_MARGIN_S, MIN_CANDIDATE_S = 0.85, 5.0, 20.0
+
+
 @dataclass
 class Evaluation:
     """What one candidate's evaluation produced, ready for the registry."""
 
     result: JobResult
-    scores: object | None = None
+    scores: object | None = None  # test: recorded and reported, never decides anything
+    selection: object | None = None  # the selection split: what every decision reads
     dynamics: object | None = None
     failure: Failure | None = None
 
@@ -63,6 +72,7 @@ class ResearchLoop:
         self._planner_lock = threading.Lock()  # planners are not thread-safe; pruning calls come from workers
         self._slots: dict[str, object] = {}  # candidate id -> the Slot its worker thread runs it in
         self._slots_lock = threading.Lock()
+        self._planner_errors = 0  # in a row
 
     # ------------------------------------------------------------------ main loop
 
@@ -114,7 +124,8 @@ class ResearchLoop:
         best = self.registry.best()
         value = best.value(self.target.metric) if best else None
         if self.target.reached(value):
-            return f"target met: {best.id} has mean {self.target.metric} {value:.4f} >= {self.target.threshold}"
+            return (f"target met: {best.id} has mean selection {self.target.metric} {value:.4f} "
+                    f"{'>=' if self.target.direction == 'maximize' else '<='} {self.target.threshold}")
         budget = self.settings.max_candidates
         if budget is not None and self.counted_candidates() >= budget:
             return f"candidate budget spent ({budget} candidates)"
@@ -132,10 +143,14 @@ class ResearchLoop:
     def _submit_next(self, workers, in_flight, history: list[Outcome]) -> str:
         with self._planner_lock:
             try:
+                set_budget = getattr(self.planner, "set_budget", None)
+                if set_budget is not None:  # a budget-aware planner fits its proposals to the time left
+                    set_budget(self._time_left_s())
                 proposal = self.planner.propose(history)
             except InvalidConfig as exc:
-                self.registry.log_event("planner_error", f"the planner proposed an invalid candidate: {exc}")
-                return ""
+                return self._planner_error(f"the planner proposed an invalid candidate: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a planner's bug or a reply it choked on: log, go on
+                return self._planner_error(f"the planner failed: {type(exc).__name__}: {str(exc)[:300]}")
         if proposal is None:
             return "the planner has nothing more to propose"
         llm_error = getattr(self.planner, "last_error", "")
@@ -143,9 +158,13 @@ class ResearchLoop:
             self.registry.log_event("llm_fallback", f"LLM unusable, fallback proposal: {llm_error[:300]}")
             if self.view is not None:
                 self.view.message(f"LLM unusable ({llm_error[:160]}); this candidate comes from the fallback planner")
-        proposal = self._with_run_settings(proposal)
-        source, failure = self._assemble(proposal)
-        cid = self.registry.add_candidate(proposal, source)
+        try:
+            proposal = self._with_run_settings(proposal)
+            source, failure = self._assemble(proposal)
+            cid = self.registry.add_candidate(proposal, source)
+        except Exception as exc:  # noqa: BLE001 - e.g. text SQLite cannot store; nothing was added
+            return self._planner_error(f"the proposal could not be recorded: {type(exc).__name__}: {str(exc)[:300]}")
+        self._planner_errors = 0
         if failure is not None:
             record = self.registry.finish_candidate(cid, failure=failure)
             history.append(self._observe(record))
@@ -156,10 +175,40 @@ class ResearchLoop:
         self._refresh_view()
         return ""
 
+    def _planner_error(self, message: str) -> str:
+        """Log a planner failure; after ``MAX_PLANNER_ERRORS`` in a row, the loop stops (why, or '')."""
+        self._planner_errors += 1
+        self.registry.log_event("planner_error", message)
+        if self._planner_errors >= MAX_PLANNER_ERRORS:
+            return f"the planner failed {self._planner_errors} times in a row (last: {message[:200]})"
+        return ""
+
     def _with_run_settings(self, proposal: Proposal) -> Proposal:
-        """The run's seeds and the time left replace whatever the planner set."""
-        train = msgspec.structs.replace(proposal.train, seeds=self.settings.seeds)
+        """The run's seeds, the dataset's flip rule and the candidate's deadline replace whatever the planner set."""
+        from evaluator.augment import flips_preserve_labels
+
+        train = msgspec.structs.replace(proposal.train, seeds=self.settings.seeds,
+                                        hflip_ok=flips_preserve_labels(self.facts.name),
+                                        time_budget_s=self._candidate_budget_s())
         return msgspec.structs.replace(proposal, train=train)
+
+    def _time_left_s(self) -> float | None:
+        """Seconds left of the run's time budget (None: no time budget)."""
+        limit = self.settings.time_budget_s
+        return None if not limit else max(0.0, limit - (time.monotonic() - self.state.started))
+
+    def _candidate_budget_s(self) -> float:
+        """Seconds the worker may train this candidate (all seeds) before it stops by itself.
+
+        Inside the sandbox's hard limit with room for start-up and predictions, so a long
+        candidate ends truncated with its best weights and predictions instead of killed;
+        and no further than the run's time budget allows (but never under a minimum).
+        """
+        budget = max(MIN_CANDIDATE_S, SANDBOX_SHARE * self.config.timeout_s - SANDBOX_MARGIN_S)
+        left = self._time_left_s()
+        if left is not None:
+            budget = min(budget, max(MIN_CANDIDATE_S, left))
+        return float(budget)
 
     def _assemble(self, proposal: Proposal) -> tuple[str, Failure | None]:
         if proposal.config is not None:
@@ -169,7 +218,11 @@ class ResearchLoop:
             except (InvalidConfig, ValueError) as exc:
                 return "", Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR,
                                    message=f"the assembler refused the config: {exc}")
-        return proposal.source or "", syntax_failure(proposal.source or "")
+        try:
+            return proposal.source or "", syntax_failure(proposal.source or "")
+        except (RecursionError, MemoryError, ValueError) as exc:  # nested past the parser's limits
+            return proposal.source or "", Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR,
+                                                  message=f"the source cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}")
 
     def _evaluate(self, cid: str, proposal: Proposal, source: str) -> Evaluation:
         """Worker thread: one candidate in one fresh sandbox, scored on the host."""
@@ -181,7 +234,7 @@ class ResearchLoop:
             with self._slots_lock:
                 self._slots[cid] = slot
             try:
-                result = execute(slot, job, n_test=self.facts.n_test,
+                result = execute(slot, job, n_test=self.prepared.n_eval,
                                  on_message=lambda msg: self._on_message(cid, proposal, msg))
             finally:
                 with self._slots_lock:
@@ -190,11 +243,21 @@ class ResearchLoop:
             return Evaluation(result=result, failure=result.failure)
         from orchestrator.training import score_result
 
-        scores, dynamics = score_result(result, self.prepared)
-        return Evaluation(result=result, scores=scores, dynamics=dynamics)
+        try:
+            scores, selection, dynamics = score_result(result, self.prepared)
+        except Exception as exc:  # noqa: BLE001 - the worker's data, however odd, fails only this candidate
+            return Evaluation(result=result, failure=unprocessable(Stage.PREDICT, "score", exc))
+        return Evaluation(result=result, scores=scores, selection=selection, dynamics=dynamics)
 
     def _on_message(self, cid: str, proposal: Proposal, msg) -> bool:
-        """Worker thread: track progress; True stops the job (pruned)."""
+        """Worker thread: track progress; True stops the job (pruned). Never raises."""
+        try:
+            return self._track(cid, proposal, msg)
+        except Exception as exc:  # noqa: BLE001 - a pruning or view error must not end the candidate
+            self.state.in_flight.get(cid, {}).setdefault("errors", []).append(f"{type(exc).__name__}: {exc}"[:300])
+            return False
+
+    def _track(self, cid: str, proposal: Proposal, msg) -> bool:
         entry = self.state.in_flight.get(cid)
         if entry is None:
             return False
@@ -213,13 +276,26 @@ class ResearchLoop:
         return False
 
     def _record(self, cid: str, proposal: Proposal, future: Future) -> Outcome:
-        """Main thread: store a finished candidate and tell the planner."""
+        """Main thread: store a finished candidate and tell the planner.
+
+        Whatever the candidate's data does to scoring, dynamics, the registry's
+        encoders or the plots, it ends as this candidate's recorded failure; only an
+        unusable sandbox (no engine, no image) goes on up and ends the run.
+        """
         entry = self.state.in_flight.pop(cid, {})
         try:
             evaluation: Evaluation = future.result()
-        except InvalidConfig as exc:  # pragma: no cover - assembled before submission
-            record = self.registry.finish_candidate(cid, failure=Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR, message=str(exc)))
-            return self._observe(record)
+        except SandboxUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            evaluation = Evaluation(result=JobResult(job_id=cid), failure=unprocessable(Stage.PROTOCOL, "handle", exc))
+        try:
+            record = self._finish(cid, evaluation, entry)
+        except Exception as exc:  # noqa: BLE001 - store the failure alone, without the data that broke it
+            record = self._finish_bare(cid, unprocessable(Stage.PROTOCOL, "record", exc), evaluation.result.seconds)
+        return self._observe(record)
+
+    def _finish(self, cid: str, evaluation: Evaluation, entry: dict) -> CandidateRecord:
         result = evaluation.result
         # finished seeds' curves come with their predictions; a stopped seed's from its Progress
         curves = {seed: tuple(stats) for seed, stats in entry.get("curves", {}).items()}
@@ -228,21 +304,37 @@ class ResearchLoop:
         failure = evaluation.failure
         if result.stopped and not pruned and failure is None:
             failure = Failure(stage=Stage.TRAIN, kind=FailureKind.TIMEOUT, message="stopped by the orchestrator")
-        record = self.registry.finish_candidate(
-            cid, check=result.check, scores=evaluation.scores, dynamics=evaluation.dynamics,
-            failure=failure, curves=curves, seconds=result.seconds, pruned=pruned,
+        return self.registry.finish_candidate(
+            cid, check=result.check, scores=evaluation.scores, selection=evaluation.selection,
+            dynamics=evaluation.dynamics, failure=failure, curves=curves, seconds=result.seconds, pruned=pruned,
+            truncated=any(p.truncated for p in result.predictions),
         )
-        return self._observe(record)
+
+    def _finish_bare(self, cid: str, failure: Failure, seconds: float) -> CandidateRecord:
+        """Record ``failure`` alone; if the first write got as far as committing, keep that record."""
+        record = self.registry.candidate(cid)
+        if record.status in ("queued", "running"):
+            record = self.registry.finish_candidate(cid, failure=failure, seconds=seconds)
+        else:
+            self.registry.log_event("candidate_error", f"candidate {cid}: {failure.message}", candidate=cid)
+        return record
 
     def _observe(self, record: CandidateRecord) -> Outcome:
         outcome = record.outcome(self.target.metric)
         with self._planner_lock:
-            self.planner.observe(outcome)
+            try:
+                self.planner.observe(outcome)
+            except Exception as exc:  # noqa: BLE001 - a planner that chokes on an outcome skips it
+                self.registry.log_event("planner_error", f"the planner could not take {record.id}'s outcome: "
+                                        f"{type(exc).__name__}: {str(exc)[:300]}", candidate=record.id)
         self.state.finished += 1
         if record.status == "failed":
             self.state.failed += 1
         if self.view is not None:
-            self.view.candidate_finished(record)
+            try:
+                self.view.candidate_finished(record)
+            except Exception as exc:  # noqa: BLE001 - the terminal view is never worth a run
+                self.registry.log_event("view_error", f"{type(exc).__name__}: {str(exc)[:300]}")
         return outcome
 
     def _refresh_view(self) -> None:
@@ -250,6 +342,17 @@ class ResearchLoop:
             self.view.refresh(self)
 
     data_spec = None  # set by the caller: the DataSpec of the run's prepared arrays
+
+
+def unprocessable(stage: Stage, doing: str, exc: BaseException) -> Failure:
+    """The failure of a candidate whose data the host could not ``doing`` (score, handle, record)."""
+    try:
+        detail = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - even str() of a hostile value can raise
+        detail = type(exc).__name__
+    return Failure(stage=stage, kind=FailureKind.PROTOCOL_VIOLATION,
+                   message=f"the host could not {doing} this candidate's data ({detail[:500]}); "
+                           "the candidate is failed and the run goes on")
 
 
 def _interrupted(record: CandidateRecord) -> bool:

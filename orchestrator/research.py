@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -30,7 +30,9 @@ DEFAULT_RUNS_DIR = "runs"
 class Secrets:
     """What must never be stored: read from flags or the environment at each start."""
 
-    llm_api_key: str | None = None
+    # repr=False: a traceback's locals or a log line must not show them
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_base_url: str | None = field(default=None, repr=False)  # whole; the settings hold it redacted
 
 
 def planner_facts(facts) -> PlannerFacts:
@@ -47,12 +49,17 @@ def make_planner(settings: RunSettings, facts: PlannerFacts, registry: Registry,
     offline = OfflinePlanner(facts, settings.target, seed=settings.search_seed)
     if settings.planner == "offline":
         return offline
+    import warnings
+
     from orchestrator.llm.client import LLMClient
+    from orchestrator.llm.urls import InsecureCredentialsWarning
     from orchestrator.planning.llm import LLMPlanner
 
-    client = LLMClient(settings.llm_base_url, settings.llm_model, secrets.llm_api_key,
-                       timeout=float(settings.extra.get("llm_timeout", 120.0)),
-                       recorder=registry.record_llm_call)
+    with warnings.catch_warnings():  # the CLI has said it already, on one line
+        warnings.simplefilter("ignore", InsecureCredentialsWarning)
+        client = LLMClient(secrets.llm_base_url or settings.llm_base_url, settings.llm_model,
+                           secrets.llm_api_key, timeout=float(settings.extra.get("llm_timeout", 120.0)),
+                           recorder=registry.record_llm_call)
     mode = str(settings.extra.get("llm_mode", "config"))
     return LLMPlanner(client, facts, settings.target, settings.goal, mode=mode, fallback=offline)
 
@@ -90,7 +97,6 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
     """Prepare, run the loop, write the reports; returns the process exit code."""
     from orchestrator.live import LiveView
     from orchestrator.loop import ResearchLoop
-    from orchestrator.report import write_reports
     from orchestrator.sandbox.pool import WarmPool
     from orchestrator.training import load_prepared
 
@@ -107,7 +113,8 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
                 prepared = load_prepared(settings.dataset, settings.data_dir, seed=settings.search_seed)
             facts = prepared.facts()
             registry.set_dataset(facts)
-            view.message(f"dataset {facts.name}: {facts.n_train} train / {facts.n_val} val / {facts.n_test} test, "
+            view.message(f"dataset {facts.name}: {facts.n_train} train / {facts.n_val} val / "
+                         f"{facts.n_select} selection / {facts.n_test} test, "
                          f"input {tuple(facts.input_shape)}, {facts.num_classes} classes, hash {facts.content_hash[:12]}")
             spec = prepared.write_sandbox_dir(scratch / "data")
             planner = make_planner(settings, planner_facts(facts), registry, secrets)
@@ -119,6 +126,9 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
                     reason = loop.run()
             finally:
                 backend.close()
+                close = getattr(planner, "close", None)
+                if close is not None:
+                    close()  # the LLM client's connections
         status, message = "finished", reason
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
@@ -128,9 +138,21 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
         raise
     finally:
         _finish(registry, status, message, scratch, keep=settings.keep)
-        md, html = write_reports(paths.root)
+        html = _reports(paths.root)
         _print_summary(paths, status, message, time.monotonic() - started, html)
     return 0
+
+
+def _reports(run_dir: Path) -> Path:
+    """Write the reports; a failure to is said, never raised (the registry holds everything)."""
+    from orchestrator.report import write_reports
+
+    try:
+        return write_reports(run_dir)[1]
+    except Exception as exc:  # noqa: BLE001
+        sys.stderr.write(f"warning: the report could not be written ({type(exc).__name__}: {str(exc)[:300]}); "
+                         f"everything is in the registry: retry with `researcher report {run_dir}`\n")
+        return run_dir / "report.html"
 
 
 def _finish(registry: Registry, status: str, message: str, scratch: Path, *, keep: bool) -> None:
@@ -141,33 +163,59 @@ def _finish(registry: Registry, status: str, message: str, scratch: Path, *, kee
 
 
 def _print_summary(paths, status: str, message: str, wall: float, html: Path) -> None:
-    """The best candidate with its CI, throughput, and where everything is."""
+    """The best candidate with its CI, throughput, and where everything is (each line made inert)."""
+    from orchestrator.safetext import inert
+
     with Registry.open(paths.root, readonly=True) as registry:
         metric = registry.settings.target.metric
         records = registry.candidates()
         best = registry.best()
-    out = sys.stdout
     finished = [r for r in records if r.status in ("passed", "failed")]
-    out.write(f"\nrun {status}: {message}\n")
-    out.write(f"  {len(finished)} candidates ({sum(r.pruned for r in finished)} pruned, "
-              f"{sum(r.status == 'failed' for r in finished)} failed) in {wall:.0f} s, "
-              f"{60 * len(finished) / max(wall, 1e-9):.1f} candidates/min\n")
+    # ``message`` may carry an exception's or the planner's text: untrusted, one line.
+    lines = ["", f"run {status}: {message}",
+             f"  {len(finished)} candidates ({sum(r.pruned for r in finished)} pruned, "
+             f"{sum(r.status == 'failed' for r in finished)} failed) in {wall:.0f} s, "
+             f"{60 * len(finished) / max(wall, 1e-9):.1f} candidates/min"]
     if best is not None:
         summary = best.summary(metric)
         ci = f", 95% CI [{summary.ci95_low:.4f}, {summary.ci95_high:.4f}] over {len(summary.per_seed)} seeds" \
             if summary.ci95_low is not None else " (one seed: no CI)"
-        out.write(f"  best: {best.id} test {metric} {summary.mean:.4f}{ci}, {best.params or 0:,} params\n")
-        out.write(f"  best model source: {paths.best_model}\n")
+        lines.append(f"  best: {best.id} test {metric} {summary.mean:.4f}{ci}, {best.params or 0:,} params")
+        chosen = best.value(metric)
+        lines.append(f"  chosen on selection {metric} {chosen:.4f} (a held-out split; the test split decided nothing)"
+                     if chosen is not None else "  chosen on the selection split")
+        lines.append(f"  best model source: {paths.best_model}")
     else:
-        out.write("  no candidate passed; see the report for the failures\n")
-    out.write(f"  report: {html}\n  registry: {paths.sqlite}\n")
+        lines.append("  no candidate passed; see the report for the failures")
+    lines += [f"  report: {html}", f"  registry: {paths.sqlite}"]
     if status == "interrupted":
-        out.write(f"  continue with: researcher resume {paths.root}\n")
+        lines.append(f"  continue with: researcher resume {paths.root}")
+    sys.stdout.write("".join(inert(line) + "\n" for line in lines))
 
 
-def settings_from_args(args, goal_target) -> RunSettings:
-    """RunSettings from `researcher run` flags (validated, all problems at once)."""
+def dataset_choice(args):
+    """The run's ``DatasetChoice`` from ``--goal`` and ``--dataset``; UsageError when they disagree.
+
+    The default goal is not the user's words: it names no dataset, so ``--dataset iris``
+    alone is no disagreement (and without a flag it still means digits).
+    """
+    from orchestrator.planning.goal import choose_dataset
+
+    return choose_dataset("" if args.goal == DEFAULT_GOAL else args.goal, args.dataset)
+
+
+def settings_from_args(args, goal_target, dataset=None) -> RunSettings:
+    """RunSettings from `researcher run` flags (validated, all problems at once).
+
+    ``dataset`` is the ``DatasetChoice`` already made from the goal and ``--dataset``;
+    without it the choice is made here (``dataset_choice``).
+    """
     problems = []
+    if dataset is None:
+        try:
+            dataset = dataset_choice(args)
+        except UsageError as exc:
+            problems.append(str(exc))
     if args.max_candidates is not None and args.max_candidates < 1:
         problems.append("--max-candidates must be >= 1")
     if args.time_budget is not None and args.time_budget <= 0:
@@ -178,14 +226,24 @@ def settings_from_args(args, goal_target) -> RunSettings:
         problems.append("--parallel must be >= 1")
     if args.llm_model and not args.llm_base_url:
         problems.append("--llm-model needs --llm-base-url (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1)")
+    from orchestrator.llm.client import chat_url
+    from orchestrator.llm.urls import redact_url
+
+    if args.llm_base_url:
+        try:  # a bad URL is a usage error before a run directory exists (the message is redacted)
+            chat_url(args.llm_base_url)
+        except UsageError as exc:
+            problems.append(f"--llm-base-url: {exc}")
     if problems:
         raise UsageError("; ".join(problems))
+
     planner = "llm" if args.llm_base_url else "offline"
     return RunSettings(
-        goal=args.goal, name=args.name or "", dataset=args.dataset, data_dir=args.data_dir, target=goal_target,
+        goal=args.goal, name=args.name or "", dataset=dataset.name, data_dir=args.data_dir, target=goal_target,
         seeds=tuple(range(args.seeds)), max_candidates=args.max_candidates, time_budget_s=args.time_budget,
-        planner=planner, search_seed=args.search_seed, llm_base_url=args.llm_base_url,
+        planner=planner, search_seed=args.search_seed,
+        llm_base_url=redact_url(args.llm_base_url) if args.llm_base_url else None,  # Secrets has it whole
         llm_model=args.llm_model or ("default" if planner == "llm" else None), device=args.device,
         parallel=args.parallel, runtime=args.runtime, keep=args.keep,
-        extra={"llm_mode": args.llm_mode, "llm_timeout": args.llm_timeout},
+        extra={"llm_mode": args.llm_mode, "llm_timeout": args.llm_timeout, "dataset_from": dataset.origin},
     )

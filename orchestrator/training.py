@@ -52,14 +52,15 @@ def run_training_check(request, source: str, job_id: str, backend_factory, confi
         backend = backend_factory()
         try:
             with TrainingProgress(request.train.epochs, len(request.train.seeds), enabled=progress) as bar:
-                result = run_job(backend, job, config, data_dir=scratch / "data", n_test=facts.n_test, on_message=bar.update)
+                result = run_job(backend, job, config, data_dir=scratch / "data", n_test=prepared.n_eval,
+                                 on_message=bar.update)
         finally:
             backend.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     outcome = CheckOutcome(request, result)
     if result.failure is None:
-        outcome.scores, outcome.dynamics = score_result(result, prepared)
+        outcome.scores, _, outcome.dynamics = score_result(result, prepared)
         outcome.extra.update(training_json(outcome.scores, outcome.dynamics, facts))
         if request.out is not None:
             outcome.extra["files"] = write_outputs(request.out, outcome, result)
@@ -77,14 +78,21 @@ def _check_shape_flags(request, facts) -> None:
                          f"which has {facts.num_classes} classes; drop the flag")
 
 
-def score_result(result: JobResult, prepared) -> tuple[Any, Any]:
-    """Scores over seeds and learning dynamics of a finished training job."""
+def score_result(result: JobResult, prepared) -> tuple[Any, Any, Any]:
+    """Test scores, selection scores (both over seeds) and learning dynamics of a finished training job.
+
+    The worker predicted the evaluation array (selection and test inputs, shuffled);
+    its logits are split back here, where both label sets are.
+    """
     from evaluator.dynamics import analyse
     from evaluator.metrics import score_seeds
 
-    scores = score_seeds(result.logits, prepared.test_y, prepared.raw.class_names)
+    names = prepared.raw.class_names
+    split = {seed: prepared.split_eval(logits) for seed, logits in result.logits.items()}
+    test = score_seeds({seed: t for seed, (_, t) in split.items()}, prepared.test_y, names)
+    selection = score_seeds({seed: s for seed, (s, _) in split.items()}, prepared.select_y, names)
     curves = {p.seed: list(p.curves) for p in result.predictions}
-    return scores, analyse(curves)
+    return test, selection, analyse(curves)
 
 
 def training_json(scores, dynamics, facts) -> dict:

@@ -80,7 +80,7 @@ def describe_target(target: Target | None) -> str:
         metric = target.metric if target else "accuracy"
         return f"make {metric} as good as possible ({target.direction if target else 'maximize'})"
     sign = ">=" if target.direction == "maximize" else "<="
-    return f"{target.metric} {sign} {target.threshold:g} on the test split"
+    return f"{target.metric} {sign} {target.threshold:g} on the held-out selection split"
 
 
 def describe_proposal(proposal: Proposal) -> str:
@@ -101,7 +101,7 @@ def describe_outcome(outcome: Outcome) -> str:
         ci = f" [{outcome.ci95[0]:.4f}, {outcome.ci95[1]:.4f}]" if outcome.ci95 else ""
         mean = "n/a" if outcome.mean is None else f"{outcome.mean:.4f}"
         params = f", {outcome.params:,} params" if outcome.params else ""
-        result = f"{outcome.metric or 'metric'} {mean}{ci}{params}"
+        result = f"selection {outcome.metric or 'metric'} {mean}{ci}{params}"
     else:
         kind = outcome.failure_kind.value if outcome.failure_kind else "failed"
         message = (outcome.failure_message or "").strip().splitlines()

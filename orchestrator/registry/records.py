@@ -49,7 +49,7 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
     started: float | None = None
     finished: float | None = None
     check: CheckReport | None = None
-    scores: Scores | None = None
+    scores: Scores | None = None  # the test split: recorded and reported, never decides anything
     dynamics: Dynamics | None = None
     failure: Failure | None = None
     curves: dict[int, tuple[EpochStats, ...]] = {}  # per seed, measured in the sandbox
@@ -57,15 +57,29 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
     seconds: float = 0.0
     pruned: bool = False
     metric: str | None = None  # the run's primary metric at the time it finished
-    mean: float | None = None  # its mean over seeds (None: failed or not scored)
+    mean: float | None = None  # its mean over seeds on the selection split (None: failed or not scored)
     ci95: tuple[float, float] | None = None  # Student-t 95% interval (None from one seed)
+    selection: Scores | None = None  # the selection split: what ranks, stops and plans
+    truncated: bool = False  # a seed reached the candidate's deadline and stopped with its best weights
 
     def summary(self, metric: str) -> MetricSummary | None:
-        """``metric`` over seeds, or None when the candidate has no such score."""
+        """``metric`` over seeds on the TEST split (for reports), or None when there is no such score."""
         return metric_summary(self.scores, metric)
 
+    def selection_summary(self, metric: str) -> MetricSummary | None:
+        """``metric`` over seeds on the selection split, or None when there is no such score."""
+        return metric_summary(self.selection, metric)
+
     def value(self, metric: str) -> float | None:
-        """Mean of ``metric`` over seeds; None when failed, unscored or not finite."""
+        """Mean selection ``metric`` over seeds, the value every decision reads; None when failed,
+        unscored or not finite. Test metrics never enter it."""
+        summary = self.selection_summary(metric)
+        if self.status != "passed" or summary is None or not math.isfinite(summary.mean):
+            return None
+        return summary.mean
+
+    def test_value(self, metric: str) -> float | None:
+        """Mean test ``metric`` over seeds (reported only); None when failed, unscored or not finite."""
         summary = self.summary(metric)
         if self.status != "passed" or summary is None or not math.isfinite(summary.mean):
             return None
@@ -80,10 +94,10 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(math.fsum(v) / len(v) for _, v in sorted(by_epoch.items()))
 
     def outcome(self, metric: str) -> Outcome:
-        """The planner's view of this finished candidate, scored on ``metric``."""
+        """The planner's view of this finished candidate: ``metric`` on the selection split, never test."""
         if self.status not in FINISHED:
             raise ValueError(f"candidate {self.id} is {self.status}, not finished")
-        summary = self.summary(metric)
+        summary = self.selection_summary(metric)
         ci = None
         if summary is not None and summary.ci95_low is not None and summary.ci95_high is not None:
             ci = (summary.ci95_low, summary.ci95_high)

@@ -14,7 +14,8 @@ from orchestrator.registry.records import CandidateRecord, EventRecord, RunInfo
 from orchestrator.registry.settings import decode_settings
 from sandbox_image.protocol import CheckReport, EpochStats, Failure
 
-SCHEMA_VERSION = 1
+#: 2: the selection split (its scores decide; test scores are only reported).
+SCHEMA_VERSION = 2
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     rationale TEXT NOT NULL DEFAULT '',
     parent TEXT,
     check_report TEXT,                -- CheckReport JSON
-    scores TEXT,                      -- Scores JSON
+    scores TEXT,                      -- Scores JSON: the test split (reported, decides nothing)
+    selection TEXT,                   -- Scores JSON: the selection split (every decision reads it)
     failure TEXT,                     -- Failure JSON
     failure_kind TEXT,
     dynamics TEXT,                    -- Dynamics JSON
@@ -49,7 +51,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     params INTEGER,
     seconds REAL NOT NULL DEFAULT 0,
     pruned INTEGER NOT NULL DEFAULT 0,
-    metric TEXT,                      -- primary metric, its mean and 95% CI over seeds
+    truncated INTEGER NOT NULL DEFAULT 0, -- a seed stopped at its deadline, with its best weights
+    metric TEXT,                      -- primary metric, its selection mean and 95% CI over seeds
     metric_mean REAL,
     ci_low REAL,
     ci_high REAL,
@@ -83,8 +86,8 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 """
 
 CANDIDATE_COLUMNS = (
-    "seq, id, status, proposal, source, check_report, scores, failure, dynamics, curves, "
-    "params, seconds, pruned, metric, metric_mean, ci_low, ci_high, created, started, finished"
+    "seq, id, status, proposal, source, check_report, scores, selection, failure, dynamics, curves, "
+    "params, seconds, pruned, truncated, metric, metric_mean, ci_low, ci_high, created, started, finished"
 )
 LLM_COLUMNS = (
     "time, model, purpose, attempt, status, response_format, latency_s, prompt_tokens, "
@@ -100,8 +103,10 @@ def candidate_from_row(row: sqlite3.Row) -> CandidateRecord:
         id=row["id"], seq=row["seq"], status=row["status"],
         proposal=from_json(row["proposal"], Proposal), source=row["source"],
         check=maybe(row["check_report"], CheckReport), scores=maybe(row["scores"], Scores),
+        selection=maybe(row["selection"], Scores),
         failure=maybe(row["failure"], Failure), dynamics=maybe(row["dynamics"], Dynamics),
         curves=curves, params=row["params"], seconds=row["seconds"], pruned=bool(row["pruned"]),
+        truncated=bool(row["truncated"]),
         metric=row["metric"], mean=row["metric_mean"],
         ci95=ci if None not in ci else None,  # type: ignore[arg-type]
         created=row["created"], started=row["started"], finished=row["finished"],

@@ -202,16 +202,24 @@ class Registry:
 
     def finish_candidate(
         self, candidate_id: str, *, check: CheckReport | None = None, scores: Scores | None = None,
-        dynamics: Dynamics | None = None, failure: Failure | None = None,
+        selection: Scores | None = None, dynamics: Dynamics | None = None, failure: Failure | None = None,
         curves: Mapping[int, Sequence[EpochStats]] | None = None, seconds: float = 0.0,
-        pruned: bool = False,
+        pruned: bool = False, truncated: bool = False,
     ) -> CandidateRecord:
-        """Record how a candidate ended: ``failure`` set means failed, else passed with ``scores``."""
+        """Record how a candidate ended: ``failure`` set means failed, else passed with ``scores``.
+
+        ``scores`` are the test split's (reported), ``selection`` the selection split's:
+        the only scores that rank candidates, stop the run and feed the planners.
+        """
         if failure is None and scores is None and not pruned:
             raise ValueError(f"candidate {candidate_id}: a passed candidate needs scores; "
                              "give failure=Failure(...) for one that failed")
-        row = _finished_row(self.settings.metric, check=check, scores=scores, dynamics=dynamics,
-                            failure=failure, curves=curves, seconds=seconds, pruned=pruned)
+        if failure is None and scores is not None and selection is None:
+            raise ValueError(f"candidate {candidate_id}: scores without selection scores; the selection "
+                             "split's scores are what rank candidates, so give both")
+        row = _finished_row(self.settings.metric, check=check, scores=scores, selection=selection,
+                            dynamics=dynamics, failure=failure, curves=curves, seconds=seconds, pruned=pruned,
+                            truncated=truncated)
         with self._tx() as conn:
             cur = conn.execute(
                 f"UPDATE candidates SET {', '.join(f'{k} = ?' for k in row)} "
@@ -347,8 +355,11 @@ class Registry:
         row = self._query("SELECT value FROM meta WHERE key = 'schema_version'")
         found = row[0][0] if row else "none"
         if found != str(schema.SCHEMA_VERSION):
+            why = (" (schema 1 runs chose their best on test metrics; this version chooses on a held-out "
+                   "selection split and cannot rank them honestly)" if found == "1" else "")
             raise UsageError(f"{self.paths.sqlite} has registry schema {found}, this version of "
-                             f"researcher reads {schema.SCHEMA_VERSION}; use the matching version")
+                             f"researcher reads {schema.SCHEMA_VERSION}{why}; start a new run, or read it "
+                             "with the version that wrote it")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -405,19 +416,19 @@ def _opt(value: msgspec.Struct | None) -> str | None:
 
 
 def _finished_row(
-    metric: str, *, check: CheckReport | None, scores: Scores | None, dynamics: Dynamics | None,
-    failure: Failure | None, curves: Mapping[int, Sequence[EpochStats]] | None, seconds: float,
-    pruned: bool,
+    metric: str, *, check: CheckReport | None, scores: Scores | None, selection: Scores | None,
+    dynamics: Dynamics | None, failure: Failure | None, curves: Mapping[int, Sequence[EpochStats]] | None,
+    seconds: float, pruned: bool, truncated: bool = False,
 ) -> dict[str, Any]:
-    """Column values of a finished candidate; the primary metric comes from ``scores``."""
-    summary = metric_summary(scores, metric) if failure is None else None
+    """Column values of a finished candidate; the primary metric's columns come from ``selection``."""
+    summary = metric_summary(selection, metric) if failure is None else None
     return {
         "status": "failed" if failure else "passed", "check_report": _opt(check),
-        "scores": _opt(scores), "failure": _opt(failure),
+        "scores": _opt(scores), "selection": _opt(selection), "failure": _opt(failure),
         "failure_kind": failure.kind.value if failure else None, "dynamics": _opt(dynamics),
         "curves": to_json({int(k): tuple(v) for k, v in curves.items()}) if curves else None,
         "params": check.params if check else None, "seconds": float(seconds),
-        "pruned": int(pruned), "metric": metric if summary else None,
+        "pruned": int(pruned), "truncated": int(truncated), "metric": metric if summary else None,
         "metric_mean": summary.mean if summary else None,
         "ci_low": summary.ci95_low if summary else None,
         "ci_high": summary.ci95_high if summary else None, "finished": time.time(),

@@ -82,14 +82,20 @@ def layers(record: CandidateRecord) -> str:
 def training(record: CandidateRecord) -> str:
     """The train settings in one line."""
     t = record.proposal.train
-    return (f"{t.optimizer} lr={t.lr:g} wd={t.weight_decay:g} batch={t.batch_size} "
-            f"epochs≤{t.epochs} patience={t.patience} seeds={list(t.seeds)}")
+    patience = t.patience if t.patience is not None else (5 if t.schedule == "constant" else 0)  # the recipe's rule
+    recipe = f" {t.schedule}" + (f" aug={t.augment}" if t.augment != "none" else "") + \
+        (f" smooth={t.label_smoothing:g}" if t.label_smoothing else "") + (" nesterov" if t.nesterov else "") + \
+        (" tta" if t.tta_flip and t.hflip_ok else "")
+    return (f"{t.optimizer} lr={t.lr:g} wd={t.weight_decay:g} batch={t.batch_size}{recipe} "
+            f"epochs≤{t.epochs} patience={patience} seeds={list(t.seeds)}")
 
 
 def epochs_run(record: CandidateRecord) -> str:
     """Epochs actually trained (max over seeds), or a dash."""
     counts = [len(c) for c in record.curves.values() if c]
-    return str(max(counts)) if counts else "–"
+    if not counts:
+        return "–"
+    return f"{max(counts)} (truncated)" if record.truncated else str(max(counts))
 
 
 def result(record: CandidateRecord, metric: str) -> str:
@@ -98,7 +104,8 @@ def result(record: CandidateRecord, metric: str) -> str:
         return f"failed: {record.failure.kind.value}"
     value = record.value(metric)
     if value is not None:
-        return f"{metric} {num(value)}" + (" (pruned)" if record.pruned else "")
+        return (f"selection {metric} {num(value)}" + (" (pruned)" if record.pruned else "")
+                + (" (truncated at its deadline)" if record.truncated else ""))
     return record.status + (" (pruned)" if record.pruned else "")
 
 
@@ -116,10 +123,20 @@ def outcome(data: ReportData) -> str:
     if best is None:
         return f"No candidate passed ({data.count('failed')} failed); no model to report."
     summary = best.summary(data.metric)
+    chosen = best.selection_summary(data.metric)
     head = ("Target met" if data.target_met else
             "Target not met" if data.run.settings.target.threshold is not None else "Best result")
+    n_select = data.dataset.get("n_select") or (best.selection.n_test if best.selection else 0)
     return (f"{head}: candidate {best.id} reached mean test {data.metric} {num(summary.mean if summary else None)} "
-            f"(95% CI {ci(summary)}) over {len(best.scores.seeds) if best.scores else 0} seed(s).")
+            f"(95% CI {ci(summary)}) over {len(best.scores.seeds) if best.scores else 0} seed(s). "
+            f"{selection_note(data.metric, chosen, n_select)}")
+
+
+def selection_note(metric: str, chosen, n_select: int) -> str:
+    """How the best was chosen: on the selection split, never on test."""
+    return (f"It was chosen, and the run stopped, on mean {metric} {num(chosen.mean if chosen else None)} over a "
+            f"held-out selection split of {n_select:,} examples whose labels never entered a sandbox; the test "
+            "split decided nothing, so its figure is not the best of many test scores.")
 
 
 def headline_accuracy(data: ReportData) -> str | None:
@@ -142,8 +159,9 @@ def dataset_lines(data: ReportData) -> list[tuple[str, str]]:
     if "num_classes" in facts:
         rows.append(("classes", str(facts["num_classes"])))
     if "n_train" in facts:
-        rows.append(("split (train / val / test)",
-                     f"{facts.get('n_train', 0):,} / {facts.get('n_val', 0):,} / {facts.get('n_test', 0):,}"))
+        rows.append(("split (train / val / selection / test)",
+                     f"{facts.get('n_train', 0):,} / {facts.get('n_val', 0):,} / {facts.get('n_select', 0):,} / "
+                     f"{facts.get('n_test', 0):,}"))
     if facts.get("content_hash"):
         rows.append(("content hash", str(facts["content_hash"])))
     return rows

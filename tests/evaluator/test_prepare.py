@@ -35,8 +35,9 @@ def test_test_split_is_scikit_learns_stratified_split(digits: RawDataset) -> Non
     p = prepare(digits, seed=0)
     _, _, _, y_test = train_test_split(digits.x, digits.y, test_size=0.25, random_state=0, stratify=digits.y)
     np.testing.assert_array_equal(p.test_y, y_test)  # the split behind the published baselines
-    assert len(p.test_y) == 450 and len(p.train_y) + len(p.val_y) == 1347
-    for part in (p.train_y, p.val_y, p.test_y):
+    assert len(p.test_y) == 450 and len(p.train_y) + len(p.val_y) + len(p.select_y) == 1347
+    assert len(p.select_y) == 135  # 10% of the pool, held out like test
+    for part in (p.train_y, p.val_y, p.select_y, p.test_y):
         share = np.bincount(part, minlength=10) / len(part)
         np.testing.assert_allclose(share, np.bincount(digits.y) / len(digits.y), atol=0.02)
 
@@ -64,7 +65,7 @@ def test_official_test_split_is_kept_and_validation_comes_from_train() -> None:
     raw = _synthetic(with_test=True)
     p = prepare(raw, val_fraction=0.2)
     np.testing.assert_array_equal(p.test_y, raw.y_test)
-    assert (len(p.train_y), len(p.val_y)) == (240, 60) and p.facts().official_test
+    assert (len(p.train_y), len(p.val_y), len(p.select_y)) == (216, 54, 30) and p.facts().official_test
 
 
 def test_tables_are_normalised_per_feature() -> None:
@@ -87,12 +88,14 @@ def test_sandbox_dir_has_no_test_labels_and_is_readable(tmp_path: Path, digits: 
     assert sorted(f.name for f in folder.iterdir()) == ["test_x.npy", "train_x.npy", "train_y.npy", "val_x.npy", "val_y.npy"]
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in folder.iterdir())
-    for f in folder.iterdir():  # nothing written holds the test labels
+    for f in folder.iterdir():  # nothing written holds the test or selection labels
         arr = np.load(f, allow_pickle=False)
-        assert not (arr.shape == p.test_y.shape and np.array_equal(arr, p.test_y)), f.name
+        for labels in (p.test_y, p.select_y):
+            assert not (arr.shape == labels.shape and np.array_equal(arr, labels)), f.name
     local = msgspec.structs.replace(spec, root=str(folder))
     data = load_arrays(local)
-    assert data.test_x.shape == (450, 1, 8, 8) and data.train_x.dtype == np.float32
+    # the evaluation array: selection and test inputs in one shuffle
+    assert data.test_x.shape == (450 + 135, 1, 8, 8) and data.train_x.dtype == np.float32
     assert data.train_y.dtype == np.int64 and not data.train_x.flags.writeable  # memory-mapped read-only
     np.testing.assert_array_equal(data.val_y, p.val_y)
 
@@ -112,3 +115,22 @@ def test_bad_parameters_and_unsplittable_data() -> None:
                         class_names=("a", "b", "c"), kind="table", source="test")
     with pytest.raises(DataError, match="stratified"):
         prepare(lonely)
+
+
+def test_selection_and_test_inputs_are_shuffled_together_and_split_back(digits: RawDataset) -> None:
+    p = prepare(digits, seed=3)
+    eval_x = p.eval_x
+    assert len(eval_x) == p.n_eval == len(p.select_y) + len(p.test_y)
+    # the sandbox sees no block structure: selection rows are spread over the whole array
+    is_selection = p.eval_order < p.n_select
+    assert 0.05 < is_selection[: len(eval_x) // 2].mean() < 0.45
+    # logits that are just the row's own inputs come back in each split's order
+    fake_logits = eval_x.reshape(len(eval_x), -1)[:, :10].copy()
+    sel, test = p.split_eval(fake_logits)
+    np.testing.assert_array_equal(sel, p.select_x.reshape(p.n_select, -1)[:, :10])
+    np.testing.assert_array_equal(test, p.test_x.reshape(len(p.test_y), -1)[:, :10])
+    with pytest.raises(ValueError, match="evaluation inputs"):
+        p.split_eval(fake_logits[:-1])
+    # selection never overlaps train, val or test
+    rows = {tuple(x.ravel()) for x in p.select_x}
+    assert not rows & {tuple(x.ravel()) for x in p.test_x}

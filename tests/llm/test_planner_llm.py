@@ -258,7 +258,7 @@ def test_history_with_metrics_and_cis_reaches_the_prompt(server: FakeLLMServer,
     ]
     planner_for(server, slept, repair_budget=0).propose(history)
     prompt = user_prompt(server)
-    assert "c1: accuracy 0.9711 [0.9620, 0.9800], 12,345 params" in prompt
+    assert "c1: selection accuracy 0.9711 [0.9620, 0.9800], 12,345 params" in prompt
     assert "c2: FAILED out_of_memory: MemoryError: too big" in prompt
     assert "Best so far: c1 with accuracy 0.9711" in prompt
 

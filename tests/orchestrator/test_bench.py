@@ -28,7 +28,8 @@ def test_bench_profiles_where_a_cold_job_spends_its_time():
     assert phases["imports"] > 100  # a fresh worker process imports torch: never free
     assert phases["train"] > 0 and prof["direct_train_ms_median"] > 0
     assert prof["fixed_cost_ms_per_container"] >= phases["imports"]
-    assert prof["logits_kb_per_seed"] == round(450 * 10 * 4 / 1024, 1)  # digits test split, 10 float32 logits each
+    # digits: 450 test and 135 selection inputs, 10 float32 logits each
+    assert prof["logits_kb_per_seed"] == round((450 + 135) * 10 * 4 / 1024, 1)
     cpu = prof["host_cpu_s_per_candidate"]
     assert set(cpu) == {"direct", "sandbox_cold", "sandbox_warm_parallel1"} and all(v > 0 for v in cpu.values())
     assert "isolation_cpu_s_per_candidate" in prof

@@ -85,7 +85,7 @@ def add_passed(registry: Registry, skill: float, width: int = 16, seed: int = 0,
     registry.mark_running(cid)
     c = curves()
     registry.finish_candidate(cid, check=check(1000 * width), scores=scores(skill, seed),
-                              dynamics=analyse(c), curves=c, seconds=2.5)
+                              selection=scores(skill, seed + 1000), dynamics=analyse(c), curves=c, seconds=2.5)
     return cid
 
 

@@ -32,8 +32,9 @@ def test_list_runs_summarises_each_run(tmp_path: Path) -> None:
     assert set(runs) == {"first", "second", "broken"}
     one = runs["first"]
     assert (one.status, one.candidates, one.passed, one.failed) == ("finished", 3, 2, 1)
-    assert one.best_id == best and one.best_mean == expected.mean and one.best_ci95 == expected.ci95
-    assert one.dataset == "digits-prepared" and one.target_met == (expected.mean >= 0.9)
+    test = expected.summary("accuracy")  # `ls` shows the chosen model's test result
+    assert one.best_id == best and one.best_mean == test.mean and one.best_ci95 == (test.ci95_low, test.ci95_high)
+    assert one.dataset == "digits-prepared" and one.target_met == (expected.value("accuracy") >= 0.9)
     assert runs["second"].status == "running" and runs["second"].goal == "still going"
     assert runs["second"].best_id is None and runs["second"].candidates == 0
     assert runs["broken"].status == "unreadable" and runs["broken"].error

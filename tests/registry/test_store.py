@@ -19,10 +19,10 @@ from tests.registry import factories as f
 
 
 def test_round_trip_returns_what_went_in(registry: Registry, run_dir: Path) -> None:
-    scores, curves, check = f.scores(2.5), f.curves(), f.check(777)
+    scores, selection, curves, check = f.scores(2.5), f.scores(1.0, seed=7), f.curves(), f.check(777)
     cid = registry.add_candidate(f.proposal(24), f.SOURCE)
     registry.mark_running(cid)
-    registry.finish_candidate(cid, check=check, scores=scores, curves=curves, seconds=3.5)
+    registry.finish_candidate(cid, check=check, scores=scores, selection=selection, curves=curves, seconds=3.5)
     failed = f.add_failed(registry, FailureKind.TIMEOUT, "took too long")
     registry.record_llm_call(f.llm_call(error="HTTP 429"))
     registry.log_event("target_met", "reached", value=0.93, candidate=cid)
@@ -34,8 +34,11 @@ def test_round_trip_returns_what_went_in(registry: Registry, run_dir: Path) -> N
         assert passed.proposal == f.proposal(24) and passed.source == f.SOURCE
         assert passed.scores == scores and passed.check == check and passed.params == 777
         assert passed.curves == curves and passed.seconds == 3.5
-        acc = scores.metrics["accuracy"]
+        assert passed.selection == selection
+        acc = selection.metrics["accuracy"]  # the decision columns hold the selection split's figures
         assert passed.mean == acc.mean and passed.ci95 == (acc.ci95_low, acc.ci95_high)
+        assert passed.value("accuracy") == acc.mean != passed.test_value("accuracy")
+        assert passed.test_value("accuracy") == scores.metrics["accuracy"].mean
         assert (bad.id, bad.status, bad.failure.kind) == (failed, "failed", FailureKind.TIMEOUT)
         assert bad.mean is None and reg.candidate(failed) == bad
         assert reg.llm_calls() == [f.llm_call(error="HTTP 429")]
@@ -159,7 +162,7 @@ def test_export_is_valid_json_and_keeps_nan(registry: Registry, run_dir: Path) -
     nll = msgspec.structs.replace(scores.metrics["nll"], mean=math.nan)
     scores = msgspec.structs.replace(scores, metrics={**scores.metrics, "nll": nll})
     cid = registry.add_candidate(f.proposal(), f.SOURCE)
-    registry.finish_candidate(cid, scores=scores)
+    registry.finish_candidate(cid, scores=scores, selection=scores)
     registry.record_llm_call(f.llm_call())
     path = registry.export_json()
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))

@@ -36,7 +36,7 @@ def main(run_dir: str) -> None:
         if i % 3 == 0:
             registry.finish_candidate(cid, failure=f.failure(), seconds=0.1)
         else:
-            registry.finish_candidate(cid, scores=tiny_scores(i), check=f.check(i), seconds=0.1)
+            registry.finish_candidate(cid, scores=tiny_scores(i), selection=tiny_scores(i), check=f.check(i), seconds=0.1)
         registry.record_llm_call(f.llm_call())
         print("committed", cid, flush=True)
 

@@ -48,7 +48,7 @@ def _best(run_dir: Path):  # type: ignore[no-untyped-def]
 def test_html_is_self_contained_with_inlined_images(run: Path) -> None:
     page = (run / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert len(images) == 3  # leaderboard, confusion matrix, learning curves
+    assert len(images) == 4  # leaderboard, time to accuracy, confusion matrix, learning curves
     for uri in images:
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -65,10 +65,12 @@ def test_html_escapes_untrusted_text(run: Path) -> None:
 
 def test_reports_show_the_leaderboard_with_cis(run: Path) -> None:
     best = _best(run)
-    low, high = best.ci95
+    test = best.summary("accuracy")  # reported: the test split's mean and interval
     for name in ("report.md", "report.html"):
         doc = (run / name).read_text()
-        assert f"{best.mean:.4f}" in doc and f"{low:.4f}, {high:.4f}" in doc, name
+        assert f"{test.mean:.4f}" in doc and f"{test.ci95_low:.4f}, {test.ci95_high:.4f}" in doc, name
+        # ... and how it was chosen: on the selection split, whose figure is shown too
+        assert f"{best.value('accuracy'):.4f}" in doc and "selection split" in doc and "decided nothing" in doc
         assert "Leaderboard" in doc and "95% CI" in doc
         assert "Target met" in doc if best.mean >= 0.9 else "Target not met" in doc
         assert "feedc0ffee1234" in doc and "Planner steps" in doc
@@ -107,7 +109,7 @@ def test_reports_rebuild_figures_from_the_registry_alone(run: Path, tmp_path: Pa
         shutil.rmtree(copy / folder)
     (copy / "report.html").unlink()
     md, page = write_reports(copy)
-    assert len(re.findall(r'<img src="data:image/png', page.read_text())) == 3
+    assert len(re.findall(r'<img src="data:image/png', page.read_text())) == 4  # leaderboard, time to accuracy, confusion matrix, learning curves
     for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text()):
         assert (copy / ref).is_file(), ref
 
@@ -157,3 +159,20 @@ def test_reports_show_control_and_bidi_characters_as_visible_escapes(tmp_path: P
     assert "\\x1b[2J\\x1b]0;pwned\\x07 PASSED \\x9b1A\\x0dok\\u202egnp.exe" in page
     assert 'access = "user\\u202e \\u2066# admin\\u2069 \\u2066"  # \\x1b[8m' in md  # the fenced source
     assert 'access = &quot;user\\u202e \\u2066# admin\\u2069 \\u2066&quot;' in page
+
+
+def test_time_to_accuracy_is_best_so_far_on_selection_against_wall_time(run: Path) -> None:
+    from orchestrator.report.content import gather
+    from orchestrator.report.figures import time_to_accuracy
+
+    with Registry.open(run, readonly=True) as registry:
+        data = gather(registry)
+    points = time_to_accuracy(data)
+    passed = [r for r in data.records if r.value("accuracy") is not None]
+    assert len(points) == len(passed) >= 2
+    assert [p.seconds for p in points] == sorted(p.seconds for p in points)
+    selection = [p.selection for p in points]
+    assert selection == [max(selection[: i + 1]) for i in range(len(selection))]  # never goes down
+    assert points[-1].selection == data.best.value("accuracy") and points[-1].test == data.best.test_value("accuracy")
+    assert (run / "figures" / "time_to_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "time_to_accuracy.png" in (run / "report.md").read_text()
