@@ -5,12 +5,14 @@ Built in, offline: scikit-learn's ``digits`` (8x8 images, the default), ``iris``
 ``dataset-fashion-mnist`` package. From ``data_dir``: torchvision's on-disk
 ``cifar10``/``cifar100``, ``mnist``/``fashion_mnist`` (idx files), an
 ``imagefolder``, and ``csv``/``npz`` files. Images come as float32 (N, C, H, W)
-in [0, 1]; tables as float32 (N, F). Labels are int64 0..C-1.
+in [0, 1]; tables as float32 (N, F). Labels are int64 0..C-1. ``evaluator.download``
+fetches the ``DOWNLOADABLE`` ones into that layout on the trusted host.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,11 @@ FASHION_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 _SKLEARN = ("digits", "iris", "wine", "breast_cancer")
-_ALIASES = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar_100": "cifar100",
+_ALIASES = {"fashionmnist": "fashion_mnist", "f_mnist": "fashion_mnist", "fmnist": "fashion_mnist",
+            "cifar_10": "cifar10", "cifar_100": "cifar100", "breastcancer": "breast_cancer",
             "image_folder": "imagefolder"}  # fmt: skip
+#: Datasets that ``researcher data get`` (and ``--download``) can fetch, as in torchvision.
+DOWNLOADABLE = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,22 @@ def dataset_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def canonical_name(name: str) -> str:
+    """The registry's name for ``name`` as people write it (``CIFAR-10`` -> ``cifar10``); UsageError if unknown."""
+    return _entry(name).info.name
+
+
+def missing(name: str, data_dir: str | Path | None = None) -> str | None:
+    """None when ``name`` loads from ``data_dir`` (or built in), else what is missing and how to get it."""
+    entry = _entry(name)
+    return entry.probe(Path(data_dir).expanduser() if data_dir is not None else None)
+
+
 # ------------------------------------------------------------------ checks
 
 
 def _entry(name: str) -> _Entry:
-    key = name.strip().lower().replace("-", "_")
+    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(_REGISTRY)}")
@@ -175,11 +191,18 @@ def _idx_missing(root: Path | None, folder: str) -> str | None:
         return None
     files = ", ".join(formats.idx_file_names(False))
     where = f"{root}/{folder}/raw/" if root is not None else f"DIR/{folder}/raw/"
-    hint = f"put {files} (or the same with .gz) in {where} (torchvision's layout)"
+    hint = (f"{'' if root is not None else 'pass --data-dir DIR and '}put {files} (or the same with .gz) in "
+            f"{where} (torchvision's layout)")
     if folder == "FashionMNIST":
         return (f"Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` "
-                f"(idx files in {DEBIAN_FASHION_MNIST}), or pass --data-dir DIR and {hint}")
-    return f"{folder} not found: {hint}"
+                f"(idx files in {DEBIAN_FASHION_MNIST}), or {hint}, "
+                f"{_fetch_hint('fashion_mnist')}")
+    return f"{folder} not found: {hint}, {_fetch_hint(folder.lower())}"
+
+
+def _fetch_hint(name: str) -> str:
+    """How to fetch a downloadable dataset on this (trusted) host."""
+    return f"or fetch it with `researcher data get {name}` or the --download flag of run and check"
 
 
 def _load_idx(name: str, folder: str, classes: tuple[str, ...], root: Path | None) -> RawDataset:
@@ -235,8 +258,9 @@ def _cifar_missing(name: str, root: Path | None) -> str | None:
         return None
     folder, train, test, meta, _, _ = _CIFAR[name]
     archive = f"{name[:5]}-{name[5:]}-python.tar.gz"  # torchvision's download name
-    return (f"{name} not found: put torchvision's python batches ({', '.join([*train, *test, meta])}) "
-            f"in {root or 'DIR'}/{folder}/, e.g. `tar xzf {archive} -C {root or 'DIR'}`")
+    put = "put" if root is not None else "pass --data-dir DIR and put"
+    return (f"{name} not found: {put} torchvision's python batches ({', '.join([*train, *test, meta])}) "
+            f"in {root or 'DIR'}/{folder}/, e.g. `tar xzf {archive} -C {root or 'DIR'}`, {_fetch_hint(name)}")
 
 
 def _load_cifar(name: str, root: Path | None, coarse: bool = False) -> RawDataset:

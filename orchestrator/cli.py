@@ -122,7 +122,38 @@ def add_jobs_dir_flag(parser) -> None:
     """``--jobs-dir``: where the per-job socket directories are made."""
     parser.add_argument("--jobs-dir", metavar="DIR",
                         help="host directory for the per-job socket directories; in a container it must be at "
-                             "the same path as on the Docker host (default: the system temp dir)")
+                             "the same path as on the Docker host; it must be private to this user (default: "
+                             "researcher-jobs-<uid> in the system temp dir, made 0700)")
+
+
+def add_download_flags(parser, *, switch: bool = True) -> None:
+    """``--download`` (when ``switch``) and ``--data-mirror``/``--mirror``: fetching data on this host."""
+    if switch:
+        parser.add_argument("--download", action="store_true",
+                            help="fetch a missing CIFAR-10/100, MNIST or Fashion-MNIST on this host (md5-checked) "
+                                 "into --data-dir, or the cache when none is given; never inside a sandbox")
+    parser.add_argument("--data-mirror", "--mirror", dest="data_mirror", metavar="URL",
+                        help="download from this server instead of torchvision's URLs: it serves "
+                             "URL/<dataset>/<torchvision's file name>, e.g. URL/cifar10/cifar-10-python.tar.gz")
+
+
+def locate_data(name: str, data_dir: str | None, args: argparse.Namespace, *, from_goal: bool = False) -> str | None:
+    """The data dir to load ``name`` from (the cache when none is given); downloads with --download."""
+    from evaluator.download import ensure
+    from orchestrator.planning.goal import DATASET_TITLES
+
+    try:
+        return ensure(name, data_dir, download=bool(getattr(args, "download", False)), mirror=args.data_mirror,
+                      progress=_say)
+    except DataError as exc:
+        if not from_goal:
+            raise
+        title = DATASET_TITLES.get(name, name)
+        raise DataError(f"the goal names {title} ({name}), which is not available here: {exc}") from exc
+
+
+def _say(line: str) -> None:
+    print(f"researcher: {inert(line)}", file=sys.stderr, flush=True)
 
 
 def sandbox_config(args: argparse.Namespace, *, default_timeout: float) -> SandboxConfig:
@@ -179,6 +210,7 @@ def add_check_parser(sub) -> None:
     t.add_argument("--train", action="store_true", help="train on --dataset and score on its held-out test split")
     t.add_argument("--dataset", help="built-in dataset (digits, breast_cancer, wine, iris, fashion_mnist) or a --data-dir format")
     t.add_argument("--data-dir", help="directory with your data (CIFAR-10/100, MNIST, FashionMNIST, ImageFolder, CSV, NPZ)")
+    add_download_flags(t)
     t.add_argument("--epochs", type=int, default=10, help="epochs per seed (default: 10)")
     t.add_argument("--seeds", type=int, default=1, help="number of seeds (training runs) to aggregate (default: 1)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
@@ -198,6 +230,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError("--epochs, --seeds and --batch-size must be >= 1 and --lr > 0")
     if (args.train or args.out) and not args.dataset and not args.data_dir:
         raise UsageError("--train needs --dataset NAME (e.g. --dataset digits)")
+    if args.download and not args.dataset:
+        raise UsageError("--download needs --dataset NAME (e.g. --dataset cifar10)")
     train = None
     if args.train:
         train = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -210,6 +244,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if request.num_classes is not None and request.num_classes < 1:
         raise UsageError("--num-classes must be >= 1")
     config = sandbox_config(args, default_timeout=600.0 if args.train else 120.0)
+    if args.dataset:  # on this host, before any sandbox: the cache, or a download with --download
+        import dataclasses
+
+        request = dataclasses.replace(request, data_dir=locate_data(args.dataset, args.data_dir, args))
     outcome = run_check(request, docker_backend_factory(config.image), config)
     print_outcome(outcome, as_json=args.json)
     return outcome.exit_code
@@ -232,8 +270,11 @@ def add_run_parser(sub) -> None:
     p.add_argument("--name", help="run directory name (default: run_<UTC timestamp>)")
     p.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR), help=f"where run directories go (default: ./{DEFAULT_RUNS_DIR})")
     p.add_argument("--keep", action="store_true", help="keep the run's scratch files (the arrays given to sandboxes)")
-    p.add_argument("--dataset", default="digits", help="built-in dataset or --data-dir format (default: digits)")
-    p.add_argument("--data-dir", help="directory with your data (CIFAR-10/100, MNIST, FashionMNIST, ImageFolder, CSV, NPZ)")
+    p.add_argument("--dataset", default=None,
+                   help="built-in dataset or --data-dir format (default: the dataset the goal names, else digits)")
+    p.add_argument("--data-dir", help="directory with your data (CIFAR-10/100, MNIST, FashionMNIST, ImageFolder, CSV, "
+                                      "NPZ); without it, downloaded datasets are looked for in the cache")
+    add_download_flags(p)
     p.add_argument("--max-candidates", type=int, default=10, help="candidate budget (default: 10)")
     p.add_argument("--time-budget", type=float, default=1800.0, help="wall-clock budget in seconds; no candidate starts after it (default: 1800)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per candidate, for mean and 95%% CI (default: 3)")
@@ -277,11 +318,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.planning.types import Target
     import msgspec
 
-    from orchestrator.research import sandbox_for_run, settings_from_args, start_run
+    from orchestrator.research import dataset_choice, sandbox_for_run, settings_from_args, start_run
     from orchestrator.sandbox.gpus import bound_parallel
 
+    choice = dataset_choice(args)
     target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
-    settings = settings_from_args(args, target)
+    settings = settings_from_args(args, target, dataset=choice)
     config = sandbox_config(args, default_timeout=900.0)
     parallel, note = bound_parallel(settings.parallel, device=config.device, cores=os.cpu_count() or 1,
                                     gpus=config.gpus, cpus=args.cpus)
@@ -290,6 +332,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = msgspec.structs.replace(settings, parallel=parallel)
     config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
     settings = _with_sandbox_extra(settings, config)
+    data_dir = locate_data(settings.dataset, settings.data_dir, args, from_goal=choice.origin == "goal")
+    if choice.note:
+        print(f"researcher: note: {inert(choice.note)}", file=sys.stderr)
+    settings = msgspec.structs.replace(settings, data_dir=data_dir)  # stored: resume finds the same files
     return start_run(settings, root=args.runs_dir, config=config, secrets=_secrets(args, args.llm_base_url),
                      backend_factory=docker_backend_factory(config.image))
 
@@ -408,6 +454,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------- data
+
+
+def add_data_parser(sub) -> None:
+    """`researcher data get NAME` (the names written out: evaluator.datasets imports numpy)."""
+    p = sub.add_parser("data", help="fetch torchvision's datasets onto this host (checksums verified)")
+    commands = p.add_subparsers(dest="data_command", required=True, metavar="{get}", parser_class=_Parser)
+    get = commands.add_parser("get", help="download a dataset into --data-dir or the cache",
+                              description="Download one of torchvision's datasets on this (trusted) host, check "
+                                          "every file against torchvision's md5 and unpack it in torchvision's "
+                                          "layout. Nothing half-written is left when a download fails.")
+    get.add_argument("name", metavar="NAME", help="dataset to fetch: cifar10, cifar100, mnist, fashion_mnist")
+    get.add_argument("--data-dir", help="put it here (default: $XDG_CACHE_HOME/pytorch-researcher/data, "
+                                        "~/.cache/pytorch-researcher/data when unset)")
+    add_download_flags(get, switch=False)
+    get.set_defaults(func=cmd_data_get)
+
+
+def cmd_data_get(args: argparse.Namespace) -> int:
+    """Run `researcher data get`: print where the data went and how to use it."""
+    from evaluator.datasets import DOWNLOADABLE, canonical_name
+    from evaluator.download import cache_dir, fetch
+
+    name = canonical_name(args.name)
+    if name not in DOWNLOADABLE:
+        raise UsageError(f"{args.name!r} cannot be downloaded; `researcher data get` fetches {', '.join(DOWNLOADABLE)}")
+    root = fetch(name, args.data_dir, mirror=args.data_mirror, progress=_say)
+    print(inert(f"{name} is in {root}"))
+    if args.data_dir is None and root == cache_dir():
+        print(inert(f"use it with: researcher run --dataset {name} (the cache is searched when --data-dir is not given)"))
+    else:
+        print(inert(f"use it with: researcher run --dataset {name} --data-dir {root}"))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------- doctor
 
 
@@ -458,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_parser(sub)
     add_bench_parser(sub)
     add_doctor_parser(sub)
+    add_data_parser(sub)
     try:
         from orchestrator.image import add_image_parser
     except ImportError:  # pragma: no cover - during development only

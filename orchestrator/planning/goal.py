@@ -1,14 +1,20 @@
-"""Read a stopping target (metric, threshold) out of a goal sentence or a flag.
+"""Read a stopping target and the dataset out of a goal sentence, or from flags.
 
 ``parse_goal("train a CNN on digits targeting >98% accuracy")`` gives
 ``Target(metric="accuracy", threshold=0.98)``; a goal that states no target gives
 None. A number counts only next to a metric name (``"50% dropout"`` is not a
 target), so that settings in a goal are never mistaken for one.
+
+``datasets_named("a small CIFAR-10 CNN")`` gives ``("cifar10",)``, and
+``choose_dataset(goal, flag)`` settles the goal against ``--dataset``: the flag
+when they agree, the goal's dataset when no flag is given, ``digits`` when
+neither names one, and a UsageError naming both when they disagree.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from orchestrator.exceptions import UsageError
 from orchestrator.planning.types import METRIC_DIRECTIONS, Target
@@ -149,3 +155,73 @@ def parse_target_flag(value: str) -> Target:
         raise UsageError(f"--target {value!r}: the threshold must be a fraction in 0..1 "
                          "(0.98) or a percentage in 0..100% (98%)")
     return _target(name, round(threshold, 10))
+
+
+# ------------------------------------------------------------------ the dataset a goal names
+
+#: (pattern, dataset) in matching order: a name is masked once matched, so "mnist"
+#: is not found again inside "fashion-mnist" and "cifar-10" not inside "cifar-100".
+_DATASET_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"fashion[\s\-_]*mnist|f[\-_]?mnist|zalando", "fashion_mnist"),
+    (r"cifar[\s\-_]*100", "cifar100"),
+    (r"cifar(?:[\s\-_]*10)?", "cifar10"),  # a bare "CIFAR" means CIFAR-10, as it usually does
+    (r"(?<![a-z0-9][\-_])mnist", "mnist"),  # not K-MNIST, E-MNIST, ...
+    (r"breast[\s\-_]*cancer|wdbc", "breast_cancer"),
+    (r"iris", "iris"),
+    (r"wines?", "wine"),
+    (r"(?:handwritten[\s\-_]+)?digits?", "digits"),
+)
+_DATASET_REGEXES = tuple((re.compile(_BOUND + f"(?:{p})" + _END), name) for p, name in _DATASET_PATTERNS)
+#: How messages write each dataset.
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
+                  "breast_cancer": "breast cancer", "iris": "iris", "wine": "wine", "digits": "digits"}
+#: --dataset formats that hold the user's own data: a goal may describe what is in them.
+_USER_FORMATS = ("imagefolder", "csv", "npz")
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    """The dataset a run uses, where the choice came from, and a note for the user ("" for none)."""
+
+    name: str
+    origin: str  # "flag" | "goal" | "default"
+    note: str = ""
+
+
+def datasets_named(text: str) -> tuple[str, ...]:
+    """The known datasets a goal names, in order of first mention ("digits" yields to any other)."""
+    lowered = text.lower()
+    found: list[tuple[int, str]] = []
+    for regex, name in _DATASET_REGEXES:
+        for m in regex.finditer(lowered):
+            found.append((m.start(), name))
+        lowered = regex.sub(lambda m: " " * len(m.group(0)), lowered)  # masked: no re-match inside
+    names = list(dict.fromkeys(name for _, name in sorted(found)))
+    if len(names) > 1 and "digits" in names:  # "MNIST handwritten digits": the digits are MNIST's
+        names.remove("digits")
+    return tuple(names)
+
+
+def _titled(names: tuple[str, ...]) -> str:
+    return " and ".join(f"{DATASET_TITLES.get(n, n)} ({n})" for n in names)
+
+
+def choose_dataset(goal: str, flag: str | None, default: str = "digits") -> DatasetChoice:
+    """The run's dataset from the goal and ``--dataset`` (UsageError when they disagree)."""
+    from evaluator.datasets import canonical_name  # numpy and friends: only when a run starts
+
+    named = datasets_named(goal)
+    if flag:
+        name = canonical_name(flag)
+        if not named or name in named:
+            return DatasetChoice(name, "flag")
+        if name in _USER_FORMATS:
+            return DatasetChoice(name, "flag", f"the goal names {_titled(named)}; training on your "
+                                               f"--dataset {name} data as given")
+        raise UsageError(f"the goal names {_titled(named)} but --dataset is {flag!r}; drop --dataset to "
+                         "train on the goal's dataset, or change the goal to name the one you want")
+    if len(named) > 1:
+        raise UsageError(f"the goal names several datasets ({_titled(named)}); choose one with --dataset")
+    if named:
+        return DatasetChoice(named[0], "goal", f"the goal names {_titled(named)}: training on it")
+    return DatasetChoice(default, "default")

@@ -343,6 +343,24 @@ def test_dataset_that_needs_a_data_dir_says_so() -> None:
         load_dataset("cifar10")
 
 
+@pytest.mark.parametrize(("written", "name"), [
+    ("CIFAR-10", "cifar10"), ("cifar 100", "cifar100"), ("FashionMNIST", "fashion_mnist"), ("f-mnist", "fashion_mnist"),
+    ("Fashion MNIST", "fashion_mnist"), ("breast-cancer", "breast_cancer"), ("MNIST", "mnist"), ("digits", "digits"),
+])
+def test_canonical_names_of_usual_spellings(written: str, name: str) -> None:
+    assert datasets.canonical_name(written) == name
+
+
+@pytest.mark.parametrize("name", datasets.DOWNLOADABLE)
+def test_what_is_missing_says_how_to_fetch_it(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    for where in (None, tmp_path):
+        message = datasets.missing(name, where)
+        assert message is not None and f"`researcher data get {name}`" in message and "--download" in message
+    assert "pass --data-dir DIR" in (datasets.missing(name) or "")
+    assert datasets.missing("digits") is None
+
+
 def test_unknown_name_and_option_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="digits"):
         load_dataset("imagenet")

@@ -56,7 +56,8 @@ def test_no_engine_exits_3_with_how_to_fix(capsys, monkeypatch):
     gc.collect()  # collect docker-py's leaked socket while the filter above applies
 
 
-@pytest.mark.parametrize("command", ["run", "resume", "report", "ls", "check", "bench", "doctor", "image", "cleanup"])
+@pytest.mark.parametrize("command", ["run", "resume", "report", "ls", "check", "bench", "doctor", "image", "cleanup",
+                                     "data"])
 def test_every_command_has_readable_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
