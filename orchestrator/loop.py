@@ -145,7 +145,9 @@ class ResearchLoop:
             try:
                 set_budget = getattr(self.planner, "set_budget", None)
                 if set_budget is not None:  # a budget-aware planner fits its proposals to the time left
-                    set_budget(self._time_left_s())
+                    budget = self.settings.max_candidates
+                    set_budget(self._time_left_s(), candidate_s=self._candidate_cap_s(),
+                               candidates_left=None if budget is None else max(0, budget - self.counted_candidates()))
                 proposal = self.planner.propose(history)
             except InvalidConfig as exc:
                 return self._planner_error(f"the planner proposed an invalid candidate: {exc}")
@@ -197,6 +199,10 @@ class ResearchLoop:
         limit = self.settings.time_budget_s
         return None if not limit else max(0.0, limit - (time.monotonic() - self.state.started))
 
+    def _candidate_cap_s(self) -> float:
+        """The most one candidate may train: a share of the sandbox's hard limit, less a margin."""
+        return max(MIN_CANDIDATE_S, SANDBOX_SHARE * self.config.timeout_s - SANDBOX_MARGIN_S)
+
     def _candidate_budget_s(self) -> float:
         """Seconds the worker may train this candidate (all seeds) before it stops by itself.
 
@@ -204,7 +210,7 @@ class ResearchLoop:
         candidate ends truncated with its best weights and predictions instead of killed;
         and no further than the run's time budget allows (but never under a minimum).
         """
-        budget = max(MIN_CANDIDATE_S, SANDBOX_SHARE * self.config.timeout_s - SANDBOX_MARGIN_S)
+        budget = self._candidate_cap_s()
         left = self._time_left_s()
         if left is not None:
             budget = min(budget, max(MIN_CANDIDATE_S, left))

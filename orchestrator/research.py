@@ -46,7 +46,7 @@ def make_planner(settings: RunSettings, facts: PlannerFacts, registry: Registry,
     """The offline planner, or the LLM planner (with the offline one as its fallback)."""
     from orchestrator.planning.offline import OfflinePlanner
 
-    offline = OfflinePlanner(facts, settings.target, seed=settings.search_seed)
+    offline = OfflinePlanner(facts, settings.target, seed=settings.search_seed, device=settings.device)
     if settings.planner == "offline":
         return offline
     import warnings

@@ -4,7 +4,11 @@ Shapes are inferred here, in plain Python, so every ``in_channels`` and
 ``in_features`` fits the input and a config that cannot fit (a pool on a 1x1
 map, a conv after flatten) is rejected with a message naming the layer. Nothing
 is imported from torch to render. The same config, shape and class name always
-give byte-identical source.
+give byte-identical source. A ``Residual`` stage renders as an ``nn.Sequential``
+of ``BasicBlock``s, a helper class added to the module only when a config uses it.
+
+The analysis also counts multiply-accumulates per example (``Analysis.macs``): the
+planner's time estimates scale measured epoch times by it.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from orchestrator.planning.types import (
     parse_model_config,
 )
 
-#: Models above this size are refused by default (they would not train in a sandbox).
+#: Models above this size are refused by default. ResNet-18 (11.2M) fits with room for a
+#: wider head; what a run can afford to train is decided by time, not by this cap (the
+#: offline planner estimates each candidate's time from measured epochs).
 DEFAULT_MAX_PARAMS = 50_000_000
 
-_RESERVED_NAMES = frozenset({"ResidualBlock", "torch", "nn", "F"})
+_RESERVED_NAMES = frozenset({"BasicBlock", "torch", "nn", "F"})
 
 Shape = tuple[int, ...]
 
@@ -48,6 +54,7 @@ class _Step:
     shape: Shape
     init: str | None = None
     params: int = 0
+    macs: int = 0  # multiply-accumulates per example
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Analysis:
     shapes: tuple[Shape, ...]  # per-example shape after each rendered line, head included
     params: int  # trainable parameters, as torch will count them
     summary: str  # "conv2d(32, k3) -> relu -> ... -> linear(10)"
+    macs: int = 0  # multiply-accumulates of one forward pass per example (convs and linears)
 
 
 # ----------------------------------------------------------------- shape inference
@@ -99,7 +107,8 @@ def _conv(index: int, layer: Conv2d, shape: Shape, name: str, bias: bool) -> lis
     params = c * out * layer.kernel_size ** 2 + (out if bias else 0)
     init = (f"nn.Conv2d({c}, {out}, kernel_size={layer.kernel_size}, stride={layer.stride}, "
             f"padding={pad}{'' if bias else ', bias=False'})")
-    return [_Step(f"x = self.{name}(x)", (out, oh, ow), f"self.{name} = {init}", params)]
+    macs = c * out * layer.kernel_size ** 2 * oh * ow
+    return [_Step(f"x = self.{name}(x)", (out, oh, ow), f"self.{name} = {init}", params, macs)]
 
 
 def _pool(index: int, layer: MaxPool | AvgPool, shape: Shape) -> list[_Step]:
@@ -111,12 +120,15 @@ def _pool(index: int, layer: MaxPool | AvgPool, shape: Shape) -> list[_Step]:
                   (c, oh, ow))]
 
 
-def _block_params(cin: int, cout: int, kernel: int, stride: int) -> int:
-    """Parameters of one ResidualBlock as rendered (bias-free convs, batch norms)."""
+def _block_cost(cin: int, cout: int, kernel: int, stride: int,
+                out_hw: tuple[int, int]) -> tuple[int, int]:
+    """(parameters, MACs per example) of one BasicBlock as rendered (bias-free convs, BNs)."""
     params = cin * cout * kernel ** 2 + 2 * cout + cout * cout * kernel ** 2 + 2 * cout
-    if stride != 1 or cin != cout:
+    macs = (cin * cout + cout * cout) * kernel ** 2
+    if stride != 1 or cin != cout:  # the 1x1 projection shortcut
         params += cin * cout + 2 * cout
-    return params
+        macs += cin * cout
+    return params, macs * out_hw[0] * out_hw[1]
 
 
 def _residual(index: int, layer: Residual, shape: Shape, name: str) -> list[_Step]:
@@ -124,13 +136,15 @@ def _residual(index: int, layer: Residual, shape: Shape, name: str) -> list[_Ste
     k, out = layer.kernel_size, layer.channels
     oh, ow = _spatial_out(index, "residual", shape, k, layer.stride, k // 2)
     stride_arg = f", stride={layer.stride}" if layer.stride != 1 else ""
-    blocks = [f"ResidualBlock({c}, {out}, kernel_size={k}{stride_arg})"]
-    blocks += [f"ResidualBlock({out}, {out}, kernel_size={k})"] * (layer.blocks - 1)
+    blocks = [f"BasicBlock({c}, {out}, kernel_size={k}{stride_arg})"]
+    blocks += [f"BasicBlock({out}, {out}, kernel_size={k})"] * (layer.blocks - 1)
     init = blocks[0] if len(blocks) == 1 else (
         "nn.Sequential(\n" + "".join(f"    {block},\n" for block in blocks) + ")")
-    params = _block_params(c, out, k, layer.stride)
-    params += (layer.blocks - 1) * _block_params(out, out, k, 1)
-    return [_Step(f"x = self.{name}(x)", (out, oh, ow), f"self.{name} = {init}", params)]
+    params, macs = _block_cost(c, out, k, layer.stride, (oh, ow))
+    rest = _block_cost(out, out, k, 1, (oh, ow))
+    params += (layer.blocks - 1) * rest[0]
+    macs += (layer.blocks - 1) * rest[1]
+    return [_Step(f"x = self.{name}(x)", (out, oh, ow), f"self.{name} = {init}", params, macs)]
 
 
 def _flatten(shape: Shape) -> list[_Step]:
@@ -142,8 +156,9 @@ def _flatten(shape: Shape) -> list[_Step]:
 def _linear(shape: Shape, out: int, name: str) -> list[_Step]:
     steps = _flatten(shape)  # a Linear on a feature map flattens it first
     features = steps[-1].shape[0] if steps else shape[0]
-    return steps + [_Step(f"x = self.{name}(x)", (out,), f"self.{name} = nn.Linear({features}, "
-                                                          f"{out})", features * out + out)]
+    return steps + [_Step(f"x = self.{name}(x)", (out,),
+                          f"self.{name} = nn.Linear({features}, {out})", features * out + out,
+                          features * out)]
 
 
 def _batchnorm(shape: Shape, name: str) -> list[_Step]:
@@ -181,7 +196,7 @@ def _lower_one(index: int, layer: Layer, shape: Shape, names: Counter[str],
         case Linear():
             return _linear(shape, layer.out_features, name("fc"))
         case Residual():
-            return _residual(index, layer, shape, name("res"))
+            return _residual(index, layer, shape, name("stage"))
     raise InvalidConfig(f"layers[{index}]: unsupported layer {layer!r}")  # pragma: no cover
 
 
@@ -249,14 +264,15 @@ def _analysis(config: ModelConfig, steps: list[_Step], num_classes: int,
     if params > max_params:
         raise InvalidConfig(f"model {config.name!r} has {params:,} parameters, above the limit "
                             f"of {max_params:,}; use fewer channels or pool before linear layers")
-    return Analysis(tuple(step.shape for step in steps), params, _summary(config, num_classes))
+    return Analysis(tuple(step.shape for step in steps), params, _summary(config, num_classes),
+                    macs=sum(step.macs for step in steps))
 
 
 # ----------------------------------------------------------------- source text
 
-_RESIDUAL_BLOCK = '''
+_BASIC_BLOCK = '''
 
-class ResidualBlock(nn.Module):
+class BasicBlock(nn.Module):
     """ResNet basic block: conv-bn-relu-conv-bn plus a shortcut, then relu."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1):
@@ -330,5 +346,5 @@ def render(config: ModelConfig, *, input_shape: tuple[int, ...], num_classes: in
     shape = tuple(input_shape)
     uses_blocks = any(isinstance(layer, Residual) for layer in config.layers)
     return (_header(config, analysis, shape, num_classes)
-            + (_RESIDUAL_BLOCK if uses_blocks else "")
+            + (_BASIC_BLOCK if uses_blocks else "")
             + _body(class_name, config, steps, shape))

@@ -32,8 +32,9 @@ from orchestrator.llm.extract import PARSE_ERRORS, extract_json_object, extract_
 from orchestrator.llm.records import ChatMessage
 from orchestrator.llm.schema import coerce_to_schema, compact_schema, show
 from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze, render
-from orchestrator.planning.space import epoch_range
+from orchestrator.planning.space import augment_choices, epoch_range
 from orchestrator.planning.types import (
+    SCHEDULES,
     SPATIAL_LAYERS,
     BatchNorm,
     Conv2d,
@@ -75,31 +76,67 @@ _CONFIG_TASK = (
 
 @dataclass(frozen=True)
 class TrainBounds:
-    """Ranges the planner lets the LLM choose training settings in (tighter than TrainSpec's)."""
+    """Ranges the planner lets the LLM choose training settings in (tighter than TrainSpec's).
+
+    The recipe's knobs are the offline planner's: augmentation (images only, and flips only
+    where the dataset allows them), schedule with warm-up, SGD's Nesterov momentum, label
+    smoothing and flip test-time augmentation. Seeds, the flip rule and the time budget are
+    the run's, never the LLM's: the schema does not offer them.
+    """
 
     epochs: tuple[int, int] = (1, 50)
     batch_size: tuple[int, int] = (8, 512)
-    lr: tuple[float, float] = (1e-5, 0.05)
+    lr: tuple[float, float] = (1e-5, 0.2)  # sgd with OneCycle peaks near 0.2, adamw near 3e-3
     weight_decay: tuple[float, float] = (0.0, 0.1)
+    label_smoothing: tuple[float, float] = (0.0, 0.3)
+    max_warmup_epochs: float = 5.0  # and below the fewest epochs allowed
     min_width: int = 8  # channels/features below this are raised to it
 
-    def schema(self, defaults: TrainSpec) -> dict[str, Any]:
-        """JSON schema of the settings the LLM may choose, with these bounds."""
+    def schema(self, defaults: TrainSpec, facts: DatasetFacts | None = None) -> dict[str, Any]:
+        """JSON schema of the settings the LLM may choose, within these bounds, for ``facts``."""
         def num(kind: str, bounds: tuple[float, float], default: float) -> dict[str, Any]:
+            default = min(max(default, bounds[0]), bounds[1])
             return {"type": kind, "minimum": bounds[0], "maximum": bounds[1], "default": default}
         epochs = min(max(defaults.epochs, self.epochs[0]), self.epochs[1])
-        return {
-            "type": "object",
-            "properties": {
-                "epochs": num("integer", self.epochs, epochs),
-                "batch_size": num("integer", self.batch_size, defaults.batch_size),
-                "lr": num("number", self.lr, defaults.lr),
-                "optimizer": {"enum": ["adamw", "adam", "sgd"], "default": defaults.optimizer},
-                "weight_decay": num("number", self.weight_decay, defaults.weight_decay),
-            },
-            "required": ["epochs", "batch_size", "lr", "optimizer"],
-            "additionalProperties": False,
+        props: dict[str, Any] = {
+            "epochs": num("integer", self.epochs, epochs),
+            "batch_size": num("integer", self.batch_size, defaults.batch_size),
+            "lr": num("number", self.lr, defaults.lr),
+            "optimizer": {"enum": ["adamw", "adam", "sgd"], "default": defaults.optimizer},
+            "weight_decay": num("number", self.weight_decay, defaults.weight_decay),
+            "nesterov": {"type": "boolean", "default": defaults.nesterov,
+                         "description": "Nesterov momentum; with optimizer sgd only"},
+            "schedule": {"enum": list(SCHEDULES), "default": defaults.schedule,
+                         "description": "lr schedule over the epochs; lr is its peak"},
+            "label_smoothing": num("number", self.label_smoothing, defaults.label_smoothing),
         }
+        warmup = min(self.max_warmup_epochs, float(self.epochs[0] - 1))
+        if warmup > 0:
+            props["warmup_epochs"] = {
+                **num("number", (0.0, warmup), defaults.warmup_epochs),
+                "description": "linear lr warm-up of constant and cosine (onecycle has its own)"}
+        props |= _augment_schema(defaults, facts)
+        return {"type": "object", "properties": props,
+                "required": ["epochs", "batch_size", "lr", "optimizer"],
+                "additionalProperties": False}
+
+
+def _augment_schema(defaults: TrainSpec, facts: DatasetFacts | None) -> dict[str, Any]:
+    """``augment`` (and ``tta_flip`` where flips keep labels) for image data; nothing for tables."""
+    if facts is None or not facts.is_image:
+        return {}
+    from evaluator.augment import flips_preserve_labels  # the rule the loop applies
+
+    flips = flips_preserve_labels(facts.name)
+    choices = list(augment_choices(facts, flips))
+    rule = "flips keep this dataset's labels" if flips else "never flipped: it would change labels"
+    props: dict[str, Any] = {"augment": {
+        "enum": choices, "default": defaults.augment if defaults.augment in choices else "none",
+        "description": f"label-preserving training augmentation ({rule})"}}
+    if flips:
+        props["tta_flip"] = {"type": "boolean", "default": defaults.tta_flip,
+                             "description": "average each test image's logits with its mirror's"}
+    return props
 
 
 def default_config(facts: DatasetFacts, variant: int = 0) -> ModelConfig:
@@ -130,7 +167,7 @@ class LLMAssembler:
         self.schema = self._schema()
 
     def _schema(self) -> dict[str, Any]:
-        train = self.bounds.schema(self.train_defaults)
+        train = self.bounds.schema(self.train_defaults, self.facts)
         props: dict[str, Any] = {"rationale": {"type": "string", "maxLength": 400}}
         if self.mode == "source":
             props |= {"class_name": {"type": "string"}, "python": {"type": "string"}}
@@ -290,6 +327,12 @@ class LLMPlanner:
         """Pass outcomes on to the fallback planner; the history carries the rest."""
         if self.fallback is not None:
             self.fallback.observe(outcome)
+
+    def set_budget(self, seconds_left: float | None, **limits) -> None:
+        """Pass the time left on to a budget-aware fallback (its proposals must fit it too)."""
+        set_budget = getattr(self.fallback, "set_budget", None)
+        if set_budget is not None:
+            set_budget(seconds_left, **limits)
 
     def close(self) -> None:
         """Close the client's connections (the planner is done)."""

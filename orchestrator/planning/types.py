@@ -180,6 +180,8 @@ def parse_model_config(data: bytes | str | Mapping[str, Any] | ModelConfig) -> M
 # ----------------------------------------------------------------- train settings
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+AUGMENTS = ("none", "shift", "crop_flip", "crop_flip_erase")
+SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 class _BoundedTrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -191,11 +193,28 @@ class _BoundedTrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     weight_decay: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
     momentum: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.9
-    patience: Annotated[int, Meta(ge=0, le=500)] = 5
+    patience: Annotated[int, Meta(ge=0, le=500)] | None = None
     seeds: Annotated[tuple[Annotated[int, Meta(ge=0)], ...], Meta(min_length=1, max_length=16)] = (
         (0,))
     time_budget_s: Annotated[float, Meta(ge=0.0)] = 0.0
     amp: bool = True
+    augment: Literal["none", "shift", "crop_flip", "crop_flip_erase"] = "none"
+    crop_px: Annotated[int, Meta(ge=0, le=8)] = 0
+    pad_mode: Literal["zero", "reflect"] = "reflect"
+    hflip_ok: bool = False
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: Annotated[float, Meta(ge=0.0, le=50.0)] = 0.0
+    nesterov: bool = False
+    label_smoothing: Annotated[float, Meta(ge=0.0, le=0.3)] = 0.0
+    tta_flip: bool = False
+    channels_last: bool = False
+
+
+_TRAIN_HINT = ("Bounds: epochs 1..500, batch_size 1..4096, lr 1e-6..1, optimizer adamw|adam|sgd, "
+               "weight_decay 0..1, momentum 0..<1, patience 0..500 or null, augment "
+               "none|shift|crop_flip|crop_flip_erase, crop_px 0..8, pad_mode zero|reflect, schedule "
+               "constant|cosine|onecycle, warmup_epochs 0..50 (below epochs), nesterov with sgd "
+               "and momentum > 0 only, label_smoothing 0..0.3")
 
 
 def train_spec_json_schema() -> dict[str, Any]:
@@ -203,14 +222,32 @@ def train_spec_json_schema() -> dict[str, Any]:
     return msgspec.json.schema(_BoundedTrainSpec)
 
 
+def _train_spec_errors(spec: _BoundedTrainSpec) -> list[str]:
+    """Checks between fields, which the schema cannot express."""
+    errors = []
+    if not all(math.isfinite(v) for v in (spec.lr, spec.weight_decay, spec.momentum,
+                                          spec.time_budget_s, spec.warmup_epochs,
+                                          spec.label_smoothing)):
+        errors.append("values must be finite numbers")
+    if spec.nesterov and spec.optimizer != "sgd":
+        errors.append(f"nesterov applies to optimizer sgd only, not {spec.optimizer!r}")
+    if spec.nesterov and spec.momentum <= 0:
+        errors.append("nesterov needs momentum > 0")
+    if spec.warmup_epochs > 0 and spec.warmup_epochs >= spec.epochs:
+        errors.append(f"warmup_epochs {spec.warmup_epochs:g} must be below epochs {spec.epochs}")
+    return errors
+
+
 def parse_train_spec(data: bytes | str | Mapping[str, Any] | TrainSpec) -> TrainSpec:
-    """Decode and bound a TrainSpec (lr 10 or batch 0 are rejected); raise InvalidConfig."""
-    bounded = _decode(data, _BoundedTrainSpec, "train settings",
-                      "Bounds: epochs 1..500, batch_size 1..4096, lr 1e-6..1, optimizer "
-                      "adamw|adam|sgd, weight_decay 0..1, momentum 0..<1")
-    if not all(math.isfinite(v) for v in (bounded.lr, bounded.weight_decay, bounded.momentum,
-                                          bounded.time_budget_s)):
-        raise InvalidConfig("invalid train settings: values must be finite numbers")
+    """Decode and bound a TrainSpec (lr 10, batch 0 or an unknown schedule are rejected); raise InvalidConfig.
+
+    ``hflip_ok`` passes through as given: it is the dataset's rule, and the loop sets it
+    from the dataset (``evaluator.augment.flips_preserve_labels``) on every job.
+    """
+    bounded = _decode(data, _BoundedTrainSpec, "train settings", _TRAIN_HINT)
+    errors = _train_spec_errors(bounded)
+    if errors:
+        raise InvalidConfig("invalid train settings: " + "; ".join(errors))
     return msgspec.convert(msgspec.to_builtins(bounded), TrainSpec)
 
 
@@ -253,7 +290,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     proposal: Proposal
     status: Status
     metric: str | None = None  # name of the headline metric, e.g. "accuracy"
-    mean: float | None = None  # mean over seeds on the test split
+    mean: float | None = None  # mean over seeds on the selection split (a planner never sees a test metric)
     ci95: tuple[float, float] | None = None  # Student-t 95% interval over seeds
     failure_kind: FailureKind | None = None
     failure_message: str | None = None

@@ -49,8 +49,9 @@ class SubprocessSandbox:
         }
         if self._config.device == "cuda":  # the driver's libraries, and the one GPU a container would get
             env.update({k: os.environ[k] for k in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES") if k in os.environ})
-            if self._config.gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = self._config.gpu
+            # one GPU, as a container gets (the host checks Ready.cuda_devices == 1)
+            visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "0").split(",") if d.strip()] or ["0"]
+            env["CUDA_VISIBLE_DEVICES"] = self._config.gpu if self._config.gpu is not None else visible[0]
         else:  # a cpu container sees no GPU either
             env["CUDA_VISIBLE_DEVICES"] = ""
         with open(self._log, "wb") as log:

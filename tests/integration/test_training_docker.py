@@ -55,15 +55,17 @@ def _cheat(docker_backend, tmp_path, *, leak: bool) -> float:
     prepared = load_prepared("digits", None)
     data_dir = tmp_path / ("leaky" if leak else "data")
     spec = prepared.write_sandbox_dir(data_dir)
-    if leak:  # what a careless design would do: the test labels beside the inputs
-        np.save(data_dir / "test_y.npy", prepared.test_y)
+    if leak:  # what a careless design would do: the labels beside the (selection and test) inputs
+        eval_y = np.concatenate([prepared.select_y, prepared.test_y])[prepared.eval_order]
+        np.save(data_dir / "test_y.npy", eval_y)
         (data_dir / "test_y.npy").chmod(0o644)
     job = Job(job_id=new_job_id(), source=(MODELS / "cheaters" / "label_thief.py").read_text(), class_name="Net",
               input_shape=(1, 8, 8), num_classes=10, train=TrainSpec(epochs=1, seeds=(0,)), data=spec)
     result = run_job(docker_backend, job, SandboxConfig(timeout_s=300, cpus=1), data_dir=data_dir,
-                     n_test=prepared.facts().n_test)
+                     n_test=prepared.n_eval)
     assert result.failure is None, result.failure
-    return float((result.logits[0].argmax(1) == prepared.test_y).mean())
+    _, test_logits = prepared.split_eval(result.logits[0])
+    return float((test_logits.argmax(1) == prepared.test_y).mean())
 
 
 def test_test_labels_are_unreachable_from_the_sandbox(docker_backend, tmp_path):

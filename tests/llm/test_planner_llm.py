@@ -132,7 +132,7 @@ def test_nonsense_values_are_bounded_and_noted(server: FakeLLMServer, slept: lis
     assert layers[0] == Conv2d(out_channels=8, kernel_size=3)
     assert layers[2].p == 0.9 and layers[3] == Linear(out_features=8)
     train = proposal.train
-    assert (train.epochs, train.batch_size, train.lr, train.optimizer) == (40, 8, 0.05, "adam")
+    assert (train.epochs, train.batch_size, train.lr, train.optimizer) == (40, 8, 0.2, "adam")  # lr 10 -> the cap
     assert train.seeds == TrainSpec().seeds and train.weight_decay == 0.0  # not the LLM's
     assert proposal.params["bounded"] >= 8
     assert "bounded:" in proposal.rationale and "unknown type 'lstm'" in proposal.rationale

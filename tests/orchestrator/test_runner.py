@@ -163,11 +163,11 @@ def test_the_worker_trains_on_cuda_and_scores_like_cpu(tmp_path):
     for device in ("cpu", "cuda"):
         job = _job("good_mlp.py", device=device, train=TrainSpec(epochs=8, lr=3e-3, seeds=(0,)), data=spec)
         config = SandboxConfig(timeout_s=300, device=device, gpu="0" if device == "cuda" else None)
-        result = run_job(SubprocessBackend(), job, config, data_dir=tmp_path / "data", n_test=prepared.facts().n_test)
+        result = run_job(SubprocessBackend(), job, config, data_dir=tmp_path / "data", n_test=prepared.n_eval)
         assert result.status == "passed", result.failure
         if device == "cuda":
             assert result.ready.device == "cuda" and result.ready.cuda_devices == 1  # CUDA_VISIBLE_DEVICES=0
-        logits = result.logits[0]
-        assert logits.shape == (prepared.facts().n_test, 10)
+        assert result.logits[0].shape == (prepared.n_eval, 10)  # selection and test inputs
+        _, logits = prepared.split_eval(result.logits[0])
         accuracy[device] = float((logits.argmax(1) == prepared.test_y).mean())
     assert accuracy["cuda"] > 0.9 and abs(accuracy["cuda"] - accuracy["cpu"]) < 0.05, accuracy

@@ -105,11 +105,49 @@ def test_source_is_nanogpt_style_with_shape_comments() -> None:
 
 def test_residual_config_adds_one_block_class() -> None:
     source = render(RESNET, input_shape=(3, 32, 32), num_classes=10, class_name="ResNetish")
-    assert "class ResidualBlock(nn.Module):" in source
+    assert "class BasicBlock(nn.Module):" in source
     assert "class ResNetish(nn.Module):" in source
-    assert "ResidualBlock(16, 32, kernel_size=3, stride=2)" in source
+    assert "BasicBlock(16, 32, kernel_size=3, stride=2)" in source
     model = build(source, "ResNetish")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def resnet(width: int, stages: int, blocks: int = 2) -> ModelConfig:
+    """A ResNet as the offline planner builds it: stem, residual stages, global pool."""
+    layers: list[Layer] = [Conv2d(out_channels=width), BatchNorm(), ReLU()]
+    layers += [Residual(channels=width * 2 ** i, blocks=blocks, stride=1 if i == 0 else 2)
+               for i in range(stages)]
+    return ModelConfig(name=f"resnet-{stages}x{blocks}-{width}", layers=(*layers, GlobalAvgPool()))
+
+
+RESNET18 = resnet(64, 4)  # the CIFAR ResNet-18: 64-128-256-512 channels, two blocks each
+
+
+@pytest.mark.parametrize(("input_shape", "final_map"), [((3, 32, 32), (512, 4, 4)),
+                                                        ((1, 28, 28), (512, 4, 4))])
+def test_resnet18_scale_renders_runs_and_counts_like_resnet18(
+        input_shape: tuple[int, ...], final_map: tuple[int, ...]) -> None:
+    analysis = analyze(RESNET18, input_shape=input_shape, num_classes=10)
+    # torchvision-style CIFAR ResNet-18 (3x3 stem, no max pool): 11,173,962 parameters
+    expected = 11_173_962 - (3 - input_shape[0]) * 64 * 9
+    assert analysis.params == expected
+    assert final_map in analysis.shapes
+    assert 0.4e9 < analysis.macs < 0.6e9  # ~0.56 GMACs on 32x32
+    source = check_runs(RESNET18, input_shape, 10)
+    assert source.count("class BasicBlock(nn.Module):") == 1
+    assert "self.stage4 = nn.Sequential(\n            BasicBlock(256, 512, kernel_size=3, " \
+           "stride=2),\n            BasicBlock(512, 512, kernel_size=3),\n        )" in source
+    assert "x = self.stage4(x)" in source and "# (B, 512, 4, 4)" in source
+
+
+def test_macs_count_convs_and_linears_per_example() -> None:
+    config = ModelConfig(layers=(Conv2d(out_channels=4), ReLU(), MaxPool(), Flatten(),
+                                 Linear(out_features=8)))
+    analysis = analyze(config, input_shape=(2, 6, 6), num_classes=3)
+    assert analysis.macs == 2 * 4 * 9 * 36 + (4 * 3 * 3) * 8 + 8 * 3
+    block = analyze(ModelConfig(layers=(Residual(channels=8, stride=2),)), input_shape=(4, 8, 8),
+                    num_classes=2)
+    assert block.macs == (4 * 8 * 9 + 8 * 8 * 9 + 4 * 8) * 16 + 8 * 2 * 16  # head flattens 8x4x4
 
 
 def test_same_config_gives_byte_identical_source() -> None:
@@ -151,7 +189,7 @@ def test_configs_that_cannot_fit_are_refused_clearly(
         render(config, input_shape=input_shape, num_classes=10)
 
 
-@pytest.mark.parametrize("class_name", ["", "my net", "class", "ResidualBlock", "torch"])
+@pytest.mark.parametrize("class_name", ["", "my net", "class", "BasicBlock", "torch"])
 def test_bad_class_names_are_refused(class_name: str) -> None:
     with pytest.raises(InvalidConfig, match="class_name"):
         render(MLP, input_shape=(4,), num_classes=3, class_name=class_name)

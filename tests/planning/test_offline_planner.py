@@ -6,10 +6,11 @@ import math
 
 import msgspec
 import pytest
+from optuna.pruners import HyperbandPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
 from orchestrator.exceptions import UsageError
-from orchestrator.planning.offline import OfflinePlanner
+from orchestrator.planning.offline import OfflinePlanner, final_training_of
 from orchestrator.planning.types import (
     AvgPool,
     BatchNorm,
@@ -165,6 +166,20 @@ def test_resume_from_history_makes_the_same_next_proposals() -> None:
     assert f"best so far {best.mean:.4f} ({best.candidate_id})" in continued[6].proposal.rationale
 
 
+def test_resume_replays_what_hyperband_recorded() -> None:
+    def rungs(planner: OfflinePlanner) -> list[dict[str, float]]:
+        return [{k: v for k, v in t.system_attrs.items() if k.startswith("completed_rung")}
+                for t in planner.study.trials]
+
+    first = OfflinePlanner(FASHION, ACCURACY, seed=0, epochs=(1, 9), flips=True)
+    history = run(first, 8)  # curves of 3 epochs: rungs at epochs 1 and 3
+    resumed = OfflinePlanner(FASHION, ACCURACY, seed=0, epochs=(1, 9), flips=True)
+    assert resumed.propose(history) is not None
+    assert rungs(resumed)[:8] == rungs(first) and any(rungs(first))
+    assert [t.intermediate_values for t in resumed.study.trials[:8]] == \
+        [t.intermediate_values for t in first.study.trials]
+
+
 def test_resume_rebuilds_failed_and_pruned_trials() -> None:
     planner = OfflinePlanner(DIGITS, ACCURACY, seed=1)
     a, b, c = (planner.propose([]) for _ in range(3))
@@ -179,22 +194,79 @@ def test_resume_rebuilds_failed_and_pruned_trials() -> None:
     assert resumed.n_proposed == 4
 
 
-def test_pruning_stops_a_candidate_in_the_bottom_quarter() -> None:
-    planner = OfflinePlanner(DIGITS, ACCURACY, seed=0, prune_warmup_epochs=2)
-    history = run(planner, 5)  # five finished trials with curves around 0.5..0.9
-    weak = planner.propose(history)
-    assert weak is not None
-    assert planner.report_epoch("c5", 1, 0.05, proposal=weak) is False  # warm-up epoch
-    assert planner.report_epoch("c5", 1, 0.05, proposal=weak) is False  # repeated seed: ignored
-    assert planner.report_epoch("c5", 2, 0.06, proposal=weak) is True
-    assert planner.report_epoch("c5", 3, 0.99, proposal=weak) is True  # stays pruned
-    planner.observe(msgspec.structs.replace(outcome_for(weak, "c5"), pruned=True))
-    trial = next(t for t in planner.study.trials if t.user_attrs["ref"] == weak.ref)
-    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.05, 2: 0.06}
+def rising(top: float, epochs: int = 20) -> tuple[float, ...]:
+    """A val curve that climbs to ``top`` at ``epochs``."""
+    return tuple(round(top - 0.3 * (1 - e / epochs), 6) for e in range(1, epochs + 1))
+
+
+def train_live(planner: OfflinePlanner, proposal: Proposal, cid: str,
+               curve: tuple[float, ...]) -> int | None:
+    """Report ``curve`` epoch by epoch as the loop does; the epoch it was pruned at, or None."""
+    for epoch, value in enumerate(curve, start=1):
+        if planner.report_epoch(cid, epoch, value, proposal=proposal):
+            return epoch
+    return None
+
+
+def test_hyperband_prunes_weak_candidates_at_its_rungs() -> None:
+    planner = OfflinePlanner(FASHION, ACCURACY, seed=0, epochs=(2, 18), flips=True)
+    assert isinstance(planner.study.pruner, HyperbandPruner)
+    history: list[Outcome] = []
+    for i in range(6):  # strong trials fill the rungs (the first two are protected starts)
+        proposal = planner.propose(history)
+        assert proposal is not None and proposal.train.epochs == 18
+        curve = rising(0.9 + i / 100, 18)
+        assert train_live(planner, proposal, f"c{i}", curve) is None
+        outcome = msgspec.structs.replace(outcome_for(proposal, f"c{i}"), mean=curve[-1],
+                                          val_curve=curve)
+        planner.observe(outcome)
+        history.append(outcome)
+    stops = []
+    for i in range(6, 16):  # weak trials stop at their bracket's first rung: epoch 2 or 6
+        weak = planner.propose(history)
+        assert weak is not None
+        curve = rising(0.4, 18)
+        stopped = train_live(planner, weak, f"c{i}", curve)
+        stops.append(stopped)
+        if stopped is not None:
+            assert planner.report_epoch(f"c{i}", stopped + 1, 0.99, proposal=weak) is True
+            curve = curve[:stopped]
+        planner.observe(msgspec.structs.replace(outcome_for(weak, f"c{i}"), mean=curve[-1],
+                                                pruned=stopped is not None, val_curve=curve))
+    # three brackets: rungs at 2 and 6, at 6, and none before the last epoch (never pruned)
+    assert set(stops) == {2, 6, None}
+    pruned = [t for t in planner.study.trials if t.state == TrialState.PRUNED]
+    assert len(pruned) == 10 - stops.count(None)
+    assert all(max(t.intermediate_values) in (2, 6) for t in pruned)
     strong = planner.propose(history)
-    assert strong is not None
-    assert planner.report_epoch("c6", 2, 0.95, proposal=strong) is False
-    assert planner.report_epoch("c0", 2, 0.01, proposal=history[0].proposal) is False  # done
+    assert strong is not None and train_live(planner, strong, "c14", rising(0.99, 18)) is None
+    assert planner.report_epoch("c0", 3, 0.01, proposal=history[0].proposal) is False  # done
+
+
+def test_start_points_and_early_trials_are_never_pruned() -> None:
+    planner = OfflinePlanner(FASHION, ACCURACY, seed=0, epochs=(2, 18), flips=True)
+    first, second = planner.propose([]), planner.propose([])
+    assert first is not None and second is not None
+    assert train_live(planner, first, "c0", rising(0.9, 18)) is None
+    assert train_live(planner, second, "c1", rising(0.2, 18)) is None  # a start point
+    third = planner.propose([])
+    assert third is not None  # fewer than three finished trials: no rung decides yet
+    assert train_live(planner, third, "c2", rising(0.1, 18)) is None
+
+
+def test_a_candidate_is_never_pruned_at_its_last_epoch() -> None:
+    planner = OfflinePlanner(FASHION, ACCURACY, seed=0, epochs=(2, 2), flips=True)
+    history = run(planner, 5)
+    proposal = planner.propose(history)
+    assert proposal is not None and proposal.train.epochs == 2
+    assert train_live(planner, proposal, "c5", (0.01, 0.01)) is None
+
+
+@pytest.mark.parametrize(("kind", "pruner"), [("halving", SuccessiveHalvingPruner),
+                                              ("none", NopPruner)])
+def test_the_pruner_can_be_chosen(kind: str, pruner: type) -> None:
+    planner = OfflinePlanner(DIGITS, ACCURACY, pruner=kind)  # type: ignore[arg-type]
+    assert isinstance(planner.study.pruner, pruner)
 
 
 def test_no_pruning_when_the_target_is_minimised() -> None:
@@ -206,14 +278,16 @@ def test_no_pruning_when_the_target_is_minimised() -> None:
     assert not any(planner.report_epoch("c5", e, 0.0, proposal=proposal) for e in range(1, 6))
 
 
-def test_max_trials_stops_the_search() -> None:
+def test_max_trials_ends_the_search_with_the_final_training() -> None:
     planner = OfflinePlanner(WINE, ACCURACY, seed=0, max_trials=3)
     history = run(planner, 3)
+    final = planner.propose(history)
+    assert final is not None and final_training_of(final) is not None
     assert planner.propose(history) is None
 
 
 def test_rejected_samples_are_failed_and_never_proposed() -> None:
-    planner = OfflinePlanner(FASHION, ACCURACY, seed=0, max_params=30_000, n_startup_trials=3)
+    planner = OfflinePlanner(FASHION, ACCURACY, seed=0, max_params=100_000, n_startup_trials=3)
     history = run(planner, 6)
     assert all(o.params == 1000 for o in history)
     rejected = [t for t in planner.study.trials if "rejected" in t.user_attrs]
