@@ -45,6 +45,8 @@ def describe_object(schema: dict[str, Any], root: dict[str, Any],
         if name in skip:
             continue
         text = f"{name} {_range(spec, root)}"
+        if spec.get("description"):  # what a recipe knob does, where the range cannot say it
+            text += f" ({spec['description']})"
         if "default" in spec:
             text += f" = {json.dumps(spec['default'])}"
         elif name in required:
@@ -87,7 +89,12 @@ def describe_proposal(proposal: Proposal) -> str:
     """A proposal's model and training, compactly."""
     train = proposal.train
     settings = (f"epochs {train.epochs}, batch {train.batch_size}, lr {train.lr:g}, "
-                f"{train.optimizer}, weight_decay {train.weight_decay:g}")
+                f"{train.optimizer}{' nesterov' if train.nesterov else ''}, "
+                f"weight_decay {train.weight_decay:g}, schedule {train.schedule}")
+    settings += f" (warmup {train.warmup_epochs:g})" if train.warmup_epochs else ""
+    settings += f", label_smoothing {train.label_smoothing:g}" if train.label_smoothing else ""
+    settings += f", augment {train.augment}" if train.augment != "none" else ""
+    settings += ", tta_flip" if train.tta_flip else ""
     if proposal.config is not None:
         layers = msgspec.json.encode(proposal.config.layers).decode()
         return f"layers={layers}; {settings}"
