@@ -79,6 +79,22 @@ wait_ready() {
     done
 }
 
+smoke() {
+    # One tiny completion: a build whose CPU kernels this processor cannot run (AVX-512/AMX builds
+    # died with a general protection fault) fails here, with a clear message, not in a test later.
+    local url=$1 pid=$2
+    if ! "$LLM_VENV/bin/python" - "$url" <<'PY' >/dev/null 2>&1; then
+import json, sys, urllib.request as u
+body = json.dumps({"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}).encode()
+req = u.Request(sys.argv[1] + "/chat/completions", body, {"Content-Type": "application/json"})
+u.urlopen(req, timeout=60).read()
+PY
+        kill -0 "$pid" 2>/dev/null && kill "$pid"
+        tail -n 20 "$LOG" >&2
+        die "the server could not answer one completion (it died: see \`dmesg | tail\` for a general protection fault in libggml-cpu); rebuild the wheel for this CPU: rm -r the llama-* folders under ${WHEEL_CACHE:-~/.cache/pytorch-researcher/wheels} and .venv-llm, then run again"
+    fi
+}
+
 start() {
     local model pid url
     model=$(setup)
@@ -95,6 +111,7 @@ start() {
         echo "$pid" >"$PIDFILE"
     fi
     wait_ready "$url" "$pid"
+    smoke "$url" "$pid"
     say "ready (pid $pid)"
     printf '%s\n' "$url"
 }
