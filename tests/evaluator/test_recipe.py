@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,25 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from evaluator.datasets import load_dataset
-from evaluator.prepare import PreparedData, prepare
-from evaluator.recipe import NonFiniteLoss, TrainData, load_arrays, train_seed, warm_up
+from evaluator.prepare import PreparedData
+from evaluator.recipe import NonFiniteLoss, TrainData, load_arrays, train_seed
 from sandbox_image.protocol import EpochStats, TrainSpec
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """As in a sandbox capped to one core: on a busy shared machine, 2 OpenMP threads run ~15x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits() -> PreparedData:
-    warm_up()  # torch's one-time lazy imports are not training time
-    return prepare(load_dataset("digits"), seed=0)
+# _one_thread and digits: tests/evaluator/conftest.py
 
 
 def _mlp() -> nn.Module:

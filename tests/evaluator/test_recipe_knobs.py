@@ -6,7 +6,6 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -15,8 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from evaluator.datasets import load_dataset
-from evaluator.prepare import PreparedData, prepare
+from evaluator.prepare import PreparedData
 from evaluator.recipe import (
     TrainData,
     effective_patience,
@@ -24,25 +22,12 @@ from evaluator.recipe import (
     make_optimizer,
     momentum_at,
     train_seed,
-    warm_up,
 )
 from orchestrator.planning.types import InvalidConfig, parse_train_spec
 from sandbox_image.protocol import DataSpec, EpochStats, Job, Predictions, TrainSpec
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """As in a sandbox capped to one core (and stable timings on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits() -> PreparedData:
-    warm_up()
-    return prepare(load_dataset("digits"), seed=0)
+# _one_thread and digits: tests/evaluator/conftest.py
 
 
 def _tiny(n: int = 96, seed: int = 0) -> TrainData:

@@ -176,6 +176,14 @@ def mutate(script: list, plan: list[Mutation]) -> list:
     return script
 
 
+def _execute(backend: ScriptedBackend, jobs_root: Path, job: Job | None = None):
+    """One job through a fresh slot of ``backend``: the real runner, socket and checks."""
+    with Slot(backend, CONFIG, jobs_root=jobs_root) as slot:
+        slot.start()
+        slot.wait_ready(5)
+        return execute(slot, job or JOB, n_test=N_TEST)
+
+
 def _forger(plan: list[Mutation], n_test: int) -> ScriptedBackend:
     return ScriptedBackend(lambda job: mutate(honest_script(job, n_test), plan))
 
@@ -191,10 +199,7 @@ N_TEST = 30
 @given(plan=st.lists(mutations(), max_size=4))
 def test_any_script_ends_as_a_result_whose_values_are_bounded(plan, tmp_path):
     backend = _forger(plan, N_TEST)
-    with Slot(backend, CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, JOB, n_test=N_TEST)
+    result = _execute(backend, tmp_path)
     assert result.status in ("passed", "failed")
     if result.failure is not None:
         assert isinstance(result.failure.kind, FailureKind)
@@ -216,10 +221,7 @@ def test_any_script_ends_as_a_result_whose_values_are_bounded(plan, tmp_path):
 
 def test_the_honest_script_passes(tmp_path):
     """The forger's unmutated script is what a real worker sends: it must pass, or the properties prove nothing."""
-    with Slot(_forger([], N_TEST), CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, JOB, n_test=N_TEST)
+    result = _execute(_forger([], N_TEST), tmp_path)
     assert result.failure is None, result.failure
     assert sorted(result.logits) == [0, 1]
 
@@ -235,10 +237,7 @@ def test_each_bound_is_a_protocol_violation(field, value, words, tmp_path):
     if field == "output_shape":
         backend = ScriptedBackend(lambda job: [msgspec.structs.replace(
             honest_script(job, N_TEST)[0], output_shape=value)])
-    with Slot(backend, CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, JOB, n_test=N_TEST)
+    result = _execute(backend, tmp_path)
     assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
     assert words in result.failure.message
 
@@ -246,10 +245,7 @@ def test_each_bound_is_a_protocol_violation(field, value, words, tmp_path):
 def test_curves_longer_than_the_epochs_asked_are_refused(tmp_path):
     stats = EpochStats(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, seconds=0.1)
     plan = [Mutation("curves", i, value=(stats,) * 200_000) for i in range(10)]
-    with Slot(_forger(plan, N_TEST), CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, JOB, n_test=N_TEST)
+    result = _execute(_forger(plan, N_TEST), tmp_path)
     assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
 
 
@@ -257,10 +253,7 @@ def test_a_ready_that_sees_gpus_on_a_cpu_job_fails_the_job_unsent(tmp_path):
     ready = Ready(protocol=PROTOCOL_VERSION, device="cuda", cuda_devices=8)
     sent = []
     backend = ScriptedBackend(lambda job: sent.append(job) or honest_script(job, N_TEST), ready=ready)
-    with Slot(backend, CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, JOB, n_test=N_TEST)
+    result = _execute(backend, tmp_path)
     assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
     assert "8 CUDA device(s) for a cpu job" in result.failure.message
     assert sent == []  # the job (the candidate's source) never reached that sandbox
@@ -315,10 +308,7 @@ def test_a_worker_over_its_byte_budget_is_cut_off(tmp_path):
     """Frames that are each valid and small enough add up: past the job's budget it is a protocol violation."""
     check = CheckReport(params=1, trainable_params=1, output_shape=(2, 3), forward_seconds=0.0)
     backend = ScriptedBackend(lambda job: [check] + [_padded_progress(epoch, 400_000) for epoch in (1, 2, 3)])
-    with Slot(backend, CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, JOB, n_test=N_TEST)
+    result = _execute(backend, tmp_path)
     assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
     assert "over this job's budget" in result.failure.message
 
@@ -334,9 +324,6 @@ def _padded_progress(epoch: int, size: int) -> bytes:
 def test_a_fast_worker_loses_no_frame_behind_the_small_receive_queue(tmp_path):
     """400 frames sent at once against a 16-frame receive queue: the worker waits for Bye, so all arrive."""
     job = msgspec.structs.replace(JOB, train=msgspec.structs.replace(JOB.train, epochs=200))
-    with Slot(_forger([], N_TEST), CONFIG, jobs_root=tmp_path) as slot:
-        slot.start()
-        slot.wait_ready(5)
-        result = execute(slot, job, n_test=N_TEST)
+    result = _execute(_forger([], N_TEST), tmp_path, job)
     assert result.failure is None, result.failure
     assert len(result.progress) == 400 and len(result.predictions) == 2

@@ -27,7 +27,6 @@ import zmq
 from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
 from orchestrator.sandbox.channel import Channel
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.docker import DockerBackend
 from orchestrator.sandbox.fake import SubprocessBackend
 from orchestrator.sandbox.jobsroot import chmod_socket, ensure_jobs_root
 from orchestrator.sandbox.runner import Slot, execute, make_job_dir, new_job_id, run_job
