@@ -193,6 +193,11 @@ def _print_summary(paths, status: str, message: str, wall: float, html: Path) ->
     sys.stdout.write("".join(inert(line) + "\n" for line in lines))
 
 
+def default_goal_for(dataset: str) -> str:
+    """The default goal, naming the dataset the run trains on (the LLM and the report read it)."""
+    return DEFAULT_GOAL if dataset == "digits" else DEFAULT_GOAL.replace("digits", dataset, 1)
+
+
 def dataset_choice(args):
     """The run's ``DatasetChoice`` from ``--goal`` and ``--dataset``; UsageError when they disagree.
 
@@ -239,7 +244,8 @@ def settings_from_args(args, goal_target, dataset=None) -> RunSettings:
 
     planner = "llm" if args.llm_base_url else "offline"
     return RunSettings(
-        goal=args.goal, name=args.name or "", dataset=dataset.name, data_dir=args.data_dir, target=goal_target,
+        goal=default_goal_for(dataset.name) if args.goal == DEFAULT_GOAL else args.goal,
+        name=args.name or "", dataset=dataset.name, data_dir=args.data_dir, target=goal_target,
         seeds=tuple(range(args.seeds)), max_candidates=args.max_candidates, time_budget_s=args.time_budget,
         planner=planner, search_seed=args.search_seed,
         llm_base_url=redact_url(args.llm_base_url) if args.llm_base_url else None,  # Secrets has it whole

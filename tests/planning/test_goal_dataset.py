@@ -86,3 +86,14 @@ def test_your_own_files_may_hold_what_the_goal_names() -> None:
 def test_an_unknown_flag_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown dataset 'imagenet'"):
         choose_dataset("anything", "imagenet")
+
+
+def test_the_default_goal_names_the_dataset_the_run_trains_on():
+    from orchestrator.research import default_goal_for
+
+    assert default_goal_for("digits") == DEFAULT_GOAL
+    goal = default_goal_for("fashion_mnist")
+    assert goal.startswith("fashion_mnist classifier") and "98%" in goal and "digits" not in goal
+    from orchestrator.planning.goal import choose_dataset
+
+    assert choose_dataset(goal, None).name == "fashion_mnist"  # a resumed or re-read goal picks the same data
