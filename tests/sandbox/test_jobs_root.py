@@ -34,7 +34,19 @@ from sandbox_image.protocol import Job, job_decoder
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 NOBODY = 65534
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it chowns to, or runs as, another uid")
+_ROOT_REASON = "needs root: it chowns to, or runs as, another uid"
+
+
+@pytest.fixture
+def _root() -> None:
+    """Root or no test: a skip on a developer's machine, a failure under CI (which runs as root)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{_ROOT_REASON}; CI must run these as root, never skip them")
+        pytest.skip(_ROOT_REASON)
+
+
+as_root = pytest.mark.usefixtures("_root")
 
 # Another local user: connect to the socket path, as ZeroMQ's ipc transport would, until SIGTERM;
 # print each outcome ("connected" or the errno's name) with how often it happened.
