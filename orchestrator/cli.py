@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.exceptions import DataError, ResearcherError, SandboxUnavailable, UsageError
+from orchestrator.launcher.cli import add_launcher_parser
 from orchestrator.safetext import inert
 from orchestrator.sandbox.config import DEFAULT_IMAGE, DEFAULT_SPARE, DEVICES, RUNTIMES, SandboxConfig, validate
 
@@ -116,6 +117,7 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
                             "each; an id listed twice is shared (default: every GPU nvidia-smi lists)")
     group.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image (default: {DEFAULT_IMAGE})")
     add_jobs_dir_flag(group)
+    add_launcher_flag(group)
 
 
 def add_jobs_dir_flag(parser) -> None:
@@ -178,6 +180,26 @@ def _gpu_ids(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _abspath(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
+
+
+def add_launcher_flag(parser: argparse.ArgumentParser) -> None:
+    """``--launcher ipc://PATH``: sandboxes through a running `researcher launcher` instead of Docker."""
+    parser.add_argument("--launcher", default=None, metavar="ipc://PATH",
+                        help="start sandboxes through the launcher listening there (compose; docs/deployment.md) "
+                             "instead of the Docker engine")
+
+
+def backend_factory(image: str, launcher: str | None):
+    """Sandboxes from the launcher at ``launcher``, else straight from Docker."""
+    if not launcher:
+        return docker_backend_factory(image)
+
+    def make():
+        from orchestrator.launcher.client import LauncherBackend
+
+        return LauncherBackend(launcher, image=None if image == DEFAULT_IMAGE else image)
+
+    return make
 
 
 def docker_backend_factory(image: str):
@@ -248,7 +270,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         import dataclasses
 
         request = dataclasses.replace(request, data_dir=locate_data(args.dataset, args.data_dir, args))
-    outcome = run_check(request, docker_backend_factory(config.image), config)
+    outcome = run_check(request, backend_factory(config.image, args.launcher), config)
     print_outcome(outcome, as_json=args.json)
     return outcome.exit_code
 
@@ -337,7 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"researcher: note: {inert(choice.note)}", file=sys.stderr)
     settings = msgspec.structs.replace(settings, data_dir=data_dir)  # stored: resume finds the same files
     return start_run(settings, root=args.runs_dir, config=config, secrets=_secrets(args, args.llm_base_url),
-                     backend_factory=docker_backend_factory(config.image))
+                     backend_factory=backend_factory(config.image, args.launcher))
 
 
 def _with_sandbox_extra(settings, config: SandboxConfig):
@@ -357,6 +379,7 @@ def add_resume_parser(sub) -> None:
     p.add_argument("--llm-base-url", help="the LLM endpoint with its credentials (user:pass@, ?key=), which the run "
                                           "stored without them (default: the stored URL)")
     add_jobs_dir_flag(p)
+    add_launcher_flag(p)
     p.set_defaults(func=cmd_resume)
 
 
@@ -376,7 +399,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     ))
     llm_url = settings.llm_base_url if settings.planner == "llm" else None
     return resume_run(args.run_dir, config=config, secrets=_secrets(args, llm_url),
-                      backend_factory=docker_backend_factory(config.image))
+                      backend_factory=backend_factory(config.image, args.launcher))
 
 
 def add_report_parser(sub) -> None:
@@ -497,6 +520,7 @@ def add_doctor_parser(sub) -> None:
     p = sub.add_parser("doctor", help="what this host offers and what is missing, each with its fix")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image to check (default: {DEFAULT_IMAGE})")
     p.add_argument("--data-dir", help="also look for datasets in this directory")
+    add_launcher_flag(p)
     p.set_defaults(func=cmd_doctor)
 
 
@@ -504,7 +528,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Run `researcher doctor`: exit 0 when ready, 3 when something required is missing."""
     from orchestrator.doctor import diagnose, print_table
 
-    return print_table(diagnose(image=args.image, data_dir=args.data_dir), sys.stdout)
+    return print_table(diagnose(image=args.image, data_dir=args.data_dir, launcher=args.launcher), sys.stdout)
 
 
 # ----------------------------------------------------------------------- cleanup
@@ -547,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     if add_image_parser is not None:
         add_image_parser(sub)
     add_cleanup_parser(sub)
+    add_launcher_parser(sub)
     add_env_defaults(parser)
     return parser
 

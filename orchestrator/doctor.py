@@ -8,6 +8,7 @@ from pathlib import Path
 
 from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.safetext import inert
+from orchestrator.sandbox.config import DEFAULT_IMAGE
 
 _MIN_FREE_GB = 10.0
 
@@ -105,8 +106,38 @@ def check_datasets(data_dir: str | None) -> list[Finding]:
     return rows
 
 
-def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path(".")) -> list[Finding]:
-    """Every finding, in table order."""
+def check_launcher(address: str, image: str) -> list[Finding]:
+    """The engine, image, runtimes and GPUs as the launcher at ``address`` reports them."""
+    from orchestrator.launcher.client import hello
+    from sandbox_image.protocol import PROTOCOL_VERSION
+
+    try:
+        w = hello(address)
+    except SandboxUnavailable as exc:
+        return [Finding("launcher", False, str(exc), "start it: `researcher launcher` (compose: the launcher service)")]
+    image_ok = w.image_present and w.image_protocol == str(PROTOCOL_VERSION) and image in (w.image, DEFAULT_IMAGE)
+    detail = (f"{w.image}, protocol {w.image_protocol}" if w.image_present else f"{w.image} not built")
+    gpus = ", ".join(f"{i}: {n}" for i, n in w.gpus)
+    return [
+        Finding("launcher", True, f"{address}: Docker {w.engine}; grants up to {w.max_memory}, {w.max_cpus:g} cpus, "
+                                  f"{w.max_sandboxes} sandboxes, {w.max_time_s:g} s; lease {w.lease_s:g} s"),
+        Finding("sandbox image", image_ok, detail, "researcher image build (on the Docker host)"),
+        Finding("gVisor (runsc)", "runsc" in w.runtimes, "granted" if "runsc" in w.runtimes else "not granted",
+                "register runsc with dockerd and start the launcher with --runtimes runc,runsc", required=False),
+        Finding("NVIDIA runtime and GPUs", "cuda" in w.devices and bool(w.gpus),
+                f"{len(w.gpus)} GPU(s): {gpus}" if w.gpus else "no GPU granted by the launcher",
+                "start the launcher with --gpus all on a host with nvidia-container-toolkit", required=False),
+    ]
+
+
+def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path("."),
+             launcher: str | None = None) -> list[Finding]:
+    """Every finding, in table order; through the launcher at ``launcher`` when given."""
+    if launcher:
+        findings = check_launcher(launcher, image)
+        findings.append(check_disk(runs_dir if runs_dir.exists() else Path(".")))
+        findings.extend(check_datasets(data_dir))
+        return findings
     engine, client = check_engine()
     findings = [engine]
     if client is not None:

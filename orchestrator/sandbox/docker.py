@@ -57,8 +57,9 @@ def connect(timeout: float = 30.0) -> docker.DockerClient:
     return client
 
 
-def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> dict:
-    """The docker SDK arguments of one hardened job container (pure, for tests)."""
+def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: SandboxConfig, *,
+                     labels: dict[str, str] | None = None) -> dict:
+    """The docker SDK arguments of one hardened job container (pure, for tests); ``labels`` are added."""
     # Docker takes a relative path for the name of a volume, not a bind mount: resolve.
     volumes = {str(Path(job_dir).resolve()): {"bind": "/job", "mode": "ro"}}
     if data_dir is not None:
@@ -86,7 +87,7 @@ def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: 
         environment=_environment(config),
         volumes=volumes,
         hostname="sandbox",
-        labels={LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
+        labels={**(labels or {}), LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
         name=f"researcher-{job_id}",
         runtime=config.runtime,  # named even for runc: the engine's default may be nvidia's
     )

@@ -134,7 +134,9 @@ class Slot:
         self.violation = ""  # set when the Ready itself was out of bounds (e.g. GPUs not asked for)
         self.started_at = self.ready_at = 0.0
         self.prioritised = not config.warm_up  # only pool slots start at a low CPU weight
-        self.job_dir = make_job_dir(jobs_root if jobs_root is not None else Path(config.jobs_root))
+        maker = getattr(backend, "make_job_dir", None)  # a launcher makes job dirs itself
+        self.job_dir = maker(self.id) if maker is not None else make_job_dir(
+            jobs_root if jobs_root is not None else Path(config.jobs_root))
         try:
             self.channel = Channel(self.job_dir, max_message_bytes=config.max_message_bytes)
         except BaseException:
