@@ -35,6 +35,9 @@ def add_launcher_parser(sub) -> None:
                    help="the orchestrator's gid: the only group that may reach the socket and job dirs (default: the launcher's)")
     p.add_argument("--lease", type=float, default=15.0, metavar="S",
                    help="a client silent this long (killed) loses its sandboxes (default: 15)")
+    p.add_argument("--until-idle", type=float, default=None, metavar="S",
+                   help="exit once every client has gone for S seconds, after the first one came (compose: "
+                        "`docker compose up` ends with the run) (default: serve until SIGTERM)")
     p.set_defaults(func=cmd_launcher)
 
 
@@ -59,7 +62,8 @@ def cmd_launcher(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        launcher.serve(stop, on_ready=lambda: print(f"launcher ready: {launcher.config.address}", flush=True))
+        launcher.serve(stop, on_ready=lambda: print(f"launcher ready: {launcher.config.address}", flush=True),
+                       until_idle_s=args.until_idle)
     finally:
         launcher.close()
     return 0

@@ -33,8 +33,8 @@ from orchestrator.launcher.protocol import (
     Release,
     Remove,
     Reply,
-    StageData,
     Staged,
+    StageData,
     States,
     Welcome,
     encoder,
@@ -175,7 +175,11 @@ class LauncherBackend:
         with self._changed:
             handle = self._staged.get(key)
         if handle is None:
-            reply = self.client.request(StageData(session="", source=key), timeout_s=600.0)
+            try:
+                reply = self.client.request(StageData(session="", source=key), timeout_s=600.0)
+            except LauncherRefused as exc:
+                raise LauncherRefused(f"{exc}. The launcher copies data only from its --data-sources (the runs "
+                                      "dir); for `check --train` pass --jobs-dir DIR below one of them") from exc
             assert isinstance(reply, Staged)
             handle = reply.handle
             with self._changed:

@@ -22,8 +22,8 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def size_bytes(text: str) -> int:
-    """``2g`` -> 2147483648 (Docker's units); ValueError for anything else."""
-    match = _SIZE.match(text.strip())
+    """``2g`` -> 2147483648 (Docker's units); ValueError for anything else (spaces and newlines too)."""
+    match = _SIZE.fullmatch(text)  # not match(): its $ lets "2g\n" through, which the engine then refuses
     if match is None:
         raise ValueError(f"{text!r} is not a size like 2g or 512m")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

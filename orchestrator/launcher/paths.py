@@ -53,7 +53,7 @@ def _check_parents(path: Path) -> None:
 
 def make_job_dir(root: Path, gid: int | None) -> Path:
     """A fresh job directory (unguessable name) its client's group can write, uid 65534 can search."""
-    path = root / f"job-{secrets.token_hex(16)}"
+    path = root / f"job-{secrets.token_hex(12)}"  # 96 bits; the socket path below must fit 107 bytes
     os.mkdir(path, 0o700)
     if gid is not None:
         os.chown(path, -1, gid)
@@ -122,10 +122,14 @@ def _copy_files(fd: int, source: str, dest: Path, max_bytes: int) -> tuple[int, 
             src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
         except OSError as exc:
             raise Refusal(f"{source}/{name} cannot be staged (a link or unreadable: {exc.strerror})") from exc
-        with os.fdopen(src, "rb") as reader:
-            st = os.fstat(src)
+        st = os.fstat(src)  # before fdopen, which raises IsADirectoryError (and keeps the fd) on a directory
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(src)
             if not stat.S_ISREG(st.st_mode):
                 raise Refusal(f"{source}/{name} is not a regular file: only files are staged")
+            # a hard link to a file outside the roots (perhaps one the client could not read)
+            raise Refusal(f"{source}/{name} has {st.st_nlink} hard links: only files with one are staged")
+        with os.fdopen(src, "rb") as reader:
             total += st.st_size
             if total > max_bytes:
                 raise Refusal(f"data source {source!r} is over the launcher's {max_bytes} byte limit")

@@ -49,8 +49,8 @@ from orchestrator.launcher.protocol import (
     Remove,
     Reply,
     SandboxState,
-    StageData,
     Staged,
+    StageData,
     States,
     Welcome,
     encoder,
@@ -59,7 +59,13 @@ from orchestrator.launcher.protocol import (
 from orchestrator.safetext import inert
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.config import validate as validate_sandbox
-from orchestrator.sandbox.docker import LABEL_ROLE, ROLE_SANDBOX, DockerSandbox, connect, container_kwargs
+from orchestrator.sandbox.docker import (
+    LABEL_ROLE,
+    ROLE_SANDBOX,
+    DockerSandbox,
+    connect,
+    container_kwargs,
+)
 
 log = logging.getLogger("researcher.launcher")
 
@@ -72,6 +78,7 @@ _SESSION = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _MAX_NOFILE = 65536
 _MAX_TAIL = 1000
 _MAX_PENDING = 256
+_MAX_STAGED = 8  # data copies per session (a run stages one)
 _SWEEP_S = 1.0
 
 
@@ -102,6 +109,7 @@ class Launcher:
         self._client = client or connect()
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
+        self._idle_since: float | None = None  # no session since then, after at least one; None: busy or never used
         self._max_memory = size_bytes(config.max_memory)
         self._remove_leftovers()
 
@@ -113,9 +121,9 @@ class Launcher:
             return Refused(reason=f"a request of {len(payload)} bytes is over the launcher's {MAX_REQUEST_BYTES}-byte limit")
         try:
             request = request_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # deep nesting: RecursionError
             return self._refuse(0, f"not a launcher request: {exc}")
-        if not _SESSION.match(request.session):
+        if not _SESSION.fullmatch(request.session):  # fullmatch: $ would let a final newline through
             return self._refuse(request.rid, "session must be 8-64 letters, digits, _ or -")
         try:
             reply = self._dispatch(request)
@@ -158,6 +166,7 @@ class Launcher:
             session = self._sessions.get(name)
             if session is None:
                 session = self._sessions[name] = _Session(seen=time.monotonic())
+                self._idle_since = None
             session.seen = time.monotonic()
             return session
 
@@ -187,11 +196,15 @@ class Launcher:
         with self._lock:
             if any(job_id in s.jobs for s in self._sessions.values()):
                 raise Refusal(f"job {job_id!r} exists already")
+            if len(session.jobs) >= 2 * self.config.max_sandboxes:
+                raise Refusal(f"this session holds {len(session.jobs)} job dirs: remove some first")
             path = paths.make_job_dir(self.root, self.config.client_gid)
             session.jobs[job_id] = _Job(dir=path)
         return JobDir(path=str(path))
 
     def _stage(self, session: _Session, source: str) -> Staged:
+        if len(session.data) >= _MAX_STAGED:
+            raise Refusal(f"this session staged {len(session.data)} data dirs, the most it may hold")
         dest, files, total = paths.stage(source, self.config.data_sources, self.root, self.config.max_data_bytes)
         with self._lock:
             session.data[dest.name] = dest
@@ -223,6 +236,12 @@ class Launcher:
         except ResearcherError as exc:
             job.sandbox = None
             raise Refusal(str(exc)) from exc
+        with self._lock:
+            released = (self._sessions.get(request.session) is not session  # its lease lapsed meanwhile
+                        or session.jobs.get(request.job_id) is not job)  # or it was removed
+        if released:
+            _discard(job)
+            raise Refusal(f"job {request.job_id!r} was removed while its sandbox started")
         log.info("started sandbox %s (%s, %s cpus, %s, %s)", request.job_id, request.memory, request.cpus,
                  request.device, request.runtime)
         return Ok()
@@ -298,6 +317,8 @@ class Launcher:
     def _release(self, name: str) -> None:
         with self._lock:
             session = self._sessions.pop(name, None)
+            if session is not None and not self._sessions:
+                self._idle_since = time.monotonic()
         if session is None:
             return
         for job in session.jobs.values():
@@ -344,15 +365,21 @@ class Launcher:
 
     # ---------------------------------------------------------------- socket
 
-    def serve(self, stop: threading.Event, *, on_ready=None) -> None:
-        """Answer requests on ``<root>/launcher.sock`` until ``stop`` is set."""
+    def idle_for(self) -> float:
+        """Seconds since the last session ended, once one has come and gone; 0 otherwise."""
+        with self._lock:
+            return 0.0 if self._idle_since is None else time.monotonic() - self._idle_since
+
+    def serve(self, stop: threading.Event, *, on_ready=None, until_idle_s: float | None = None) -> None:
+        """Answer requests on ``<root>/launcher.sock`` until ``stop`` is set, or (``until_idle_s``)
+        until its clients have all gone for that long (`docker compose up` then ends with the run)."""
         ctx = zmq.Context()
         server = _Server(self, ctx)
         try:
             server.bind(self.config.socket_path, self.config.client_gid)
             if on_ready is not None:
                 on_ready()
-            server.loop(stop)
+            server.loop(stop, until_idle_s)
         finally:
             server.close()
             ctx.term()
@@ -384,12 +411,15 @@ class _Server:
         os.chmod(path, 0o660)
         log.info("launcher listening on ipc://%s", path)
 
-    def loop(self, stop: threading.Event) -> None:
+    def loop(self, stop: threading.Event, until_idle_s: float | None = None) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.replies, zmq.POLLIN)
         next_sweep = time.monotonic() + _SWEEP_S
         while not stop.is_set():
+            if until_idle_s is not None and self.launcher.idle_for() > until_idle_s:
+                log.info("every client has gone for %g s: exiting (--until-idle)", until_idle_s)
+                return
             events = dict(poller.poll(200))
             if self.replies in events:
                 while self.replies.poll(0):
@@ -417,7 +447,11 @@ class _Server:
         if payload is None:
             reply = Refused(reason="a request is an empty delimiter frame and one msgpack frame (a ZeroMQ DEALER or REQ socket)")
         else:
-            reply = self.launcher.handle(payload)
+            try:
+                reply = self.launcher.handle(payload)
+            except Exception as exc:  # never leave a request unanswered: its pending count would leak
+                log.exception("a request failed outside the policy")
+                reply = Refused(reason=f"the launcher failed: {type(exc).__name__}")
         push = getattr(self.local, "push", None)
         if push is None:
             push = self.local.push = self.ctx.socket(zmq.PUSH)
@@ -438,7 +472,7 @@ class _Server:
 
 
 def _check_id(job_id: str) -> None:
-    if not _ID.match(job_id):
+    if not _ID.fullmatch(job_id):
         raise Refusal("a job id is 1-64 letters, digits, _ or -")
 
 
