@@ -175,7 +175,13 @@ def _gpu_ids(args: argparse.Namespace) -> tuple[str, ...]:
 
     if args.gpus:
         return parse_gpu_ids(args.gpus)
-    return tuple(index for index, _ in host_gpus()) if args.device == "cuda" else ()
+    if args.device != "cuda":
+        return ()
+    if getattr(args, "launcher", None):  # this process may see no GPU: the launcher's host does
+        from orchestrator.launcher.client import hello
+
+        return tuple(index for index, _ in hello(args.launcher).gpus)
+    return tuple(index for index, _ in host_gpus())
 
 
 def _abspath(path: str | None) -> str | None:
@@ -340,9 +346,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.planning.types import Target
     import msgspec
 
-    from orchestrator.research import dataset_choice, sandbox_for_run, settings_from_args, start_run
+    from orchestrator.research import check_runs_dir, dataset_choice, sandbox_for_run, settings_from_args, start_run
     from orchestrator.sandbox.gpus import bound_parallel
 
+    check_runs_dir(args.runs_dir)  # before any download, launcher or data: nothing is written yet
     choice = dataset_choice(args)
     target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
     settings = settings_from_args(args, target, dataset=choice)

@@ -73,10 +73,30 @@ def sandbox_for_run(base: SandboxConfig, parallel: int, cpus_given: bool) -> San
     return msgspec.structs.replace(base, cpus=run_cpus(os.cpu_count() or 1, parallel))
 
 
+def check_runs_dir(root: str | Path) -> None:
+    """UsageError, before anything is written, when this process cannot make run directories in ``root``.
+
+    A missing runs dir is made with its missing parents, so the nearest existing one decides.
+    Under compose the orchestrator is not root, and Docker makes a missing ./runs root's.
+    """
+    path = Path(root).absolute()
+    probe = path
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+            return
+    except OSError:  # a parent this uid cannot search
+        pass
+    raise UsageError(f"cannot write the runs dir {path} as uid {os.geteuid()}: under compose set RESEARCHER_UID "
+                     "and RESEARCHER_GID to its owner (`id -u`, `id -g`, e.g. in .env), or chown it")
+
+
 def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory) -> int:
     """Create a run directory and registry, then drive the loop."""
     from orchestrator.training import load_prepared
 
+    check_runs_dir(root)
     # Bad data is a usage error before anything is written, not a failed run directory.
     prepared = load_prepared(settings.dataset, settings.data_dir, seed=settings.search_seed)
     run_dir = new_run_dir(root, settings.name or None)
