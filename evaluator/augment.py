@@ -21,8 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "shift", "crop_flip", "crop_flip_erase")
-PAD_MODES = ("zero", "reflect")
+from sandbox_image.protocol import AUGMENTS, PAD_MODES
 
 #: Datasets whose classes survive a horizontal flip (names compared without case, '-' or '_').
 _FLIP_SAFE = frozenset({"fashionmnist", "cifar10", "cifar100", "imagefolder"})

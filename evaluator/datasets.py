@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from evaluator import formats, tables
-from orchestrator.exceptions import DataError, UsageError
+from evaluator.errors import DataError, UsageError
 
 DEFAULT_DATASET = "digits"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

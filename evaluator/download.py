@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator.datasets import DOWNLOADABLE, canonical_name, missing
-from orchestrator.exceptions import DataError, UsageError
+from evaluator.errors import DataError, UsageError
 
 #: The variable that moves the cache; the data go to $XDG_CACHE_HOME/pytorch-researcher/data.
 CACHE_VARIABLE = "XDG_CACHE_HOME"

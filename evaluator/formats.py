@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.exceptions import DataError
+from evaluator.errors import DataError
 
 
 

@@ -1,80 +1,50 @@
 """Headline metrics from test logits, computed on the trusted side with torchmetrics.
 
-``validate_logits`` turns a hostile ``Predictions`` buffer into a checked array;
 ``score_seeds`` scores every seed against the held-back labels and aggregates
-each metric over seeds (mean, std, Student-t 95% interval). ``Metric`` is a value
-that knows its direction: ``a > b`` means "a is better", and a failed run is worse
-than any real value.
+each metric over seeds (mean, std, Student-t 95% interval). ``DIRECTIONS`` is the
+one table of which way each metric is better; the planner's ``Target``, the registry
+and the reports all read it (``direction``, ``higher_is_better``).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal
 from dataclasses import dataclass
 
 import msgspec
 import numpy as np
 
 from evaluator.stats import interval
-from orchestrator.exceptions import ProtocolViolation
-from sandbox_image.protocol import ALLOWED_DTYPES
 
-#: Metrics where a lower value is better; every other metric is higher-is-better.
-LOWER_IS_BETTER = frozenset({"calibration_error", "nll"})
+#: Which way each scored metric is better: the one table. ``topK_accuracy`` is maximised too,
+#: and a name without ``_macro`` (``auroc``, a target's name) is the macro average's.
+DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    "accuracy": "maximize",
+    "precision_macro": "maximize",
+    "recall_macro": "maximize",
+    "f1_macro": "maximize",
+    "precision_weighted": "maximize",
+    "recall_weighted": "maximize",
+    "f1_weighted": "maximize",
+    "auroc_macro": "maximize",
+    "average_precision_macro": "maximize",
+    "calibration_error": "minimize",
+    "nll": "minimize",
+}
 CALIBRATION_BINS = 15
 
 
-@functools.total_ordering
-@dataclass(frozen=True, eq=False)
-class Metric:
-    """A metric value with its direction; ``value=None`` is a failed run (the worst value)."""
-
-    name: str
-    value: float | None
-    higher_is_better: bool = True
-
-    @classmethod
-    def failed(cls, name: str = "accuracy") -> Metric:
-        """The stand-in for a candidate that produced no score."""
-        return cls(name=name, value=None, higher_is_better=name not in LOWER_IS_BETTER)
-
-    @property
-    def is_failed(self) -> bool:
-        """Whether this is a failed run's stand-in."""
-        return self.value is None
-
-    def _comparable(self, other: Metric) -> None:
-        if (other.name, other.higher_is_better) != (self.name, self.higher_is_better):
-            raise TypeError(f"cannot compare metric {self.name!r} with {other.name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Metric):
-            return NotImplemented
-        self._comparable(other)
-        return _goodness(self) == _goodness(other)
-
-    def __lt__(self, other: object) -> bool:
-        """``a < b``: a is worse than b."""
-        if not isinstance(other, Metric):
-            return NotImplemented
-        self._comparable(other)
-        return _goodness(self) < _goodness(other)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.higher_is_better, _goodness(self)))
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain JSON-ready form."""
-        return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better}
+def direction(name: str) -> Literal["maximize", "minimize"]:
+    """``maximize`` or ``minimize`` for metric ``name`` (top-k accuracies maximise)."""
+    return DIRECTIONS.get(name) or DIRECTIONS.get(f"{name}_macro") or "maximize"
 
 
-def _goodness(m: Metric) -> float:
-    if m.value is None or math.isnan(m.value):
-        return -math.inf
-    return m.value if m.higher_is_better else -m.value
+def higher_is_better(name: str) -> bool:
+    """True unless ``name`` is a lower-is-better metric (calibration error, NLL)."""
+    return direction(name) == "maximize"
 
 
 class MetricSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,10 +57,6 @@ class MetricSummary(msgspec.Struct, frozen=True, kw_only=True):
     ci95_low: float | None
     ci95_high: float | None
     per_seed: dict[int, float]
-
-    def metric(self) -> Metric:
-        """The mean as a direction-aware ``Metric``."""
-        return Metric(self.name, self.mean, self.higher_is_better)
 
 
 class ClassRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,12 +80,6 @@ class Scores(msgspec.Struct, frozen=True, kw_only=True):
     per_class: tuple[ClassRow, ...]
     confusion: tuple[tuple[int, ...], ...]  # summed over seeds: rows true, columns predicted
 
-    def metric(self, name: str = "accuracy") -> Metric:
-        """The mean of ``name`` over seeds as a ``Metric``."""
-        if name not in self.metrics:
-            raise KeyError(f"no metric {name!r}; have {sorted(self.metrics)}")
-        return self.metrics[name].metric()
-
     def confusion_mean(self) -> np.ndarray:
         """Confusion matrix of one test pass: the sum over seeds divided by their number."""
         return np.asarray(self.confusion, dtype=np.float64) / len(self.seeds)
@@ -127,28 +87,6 @@ class Scores(msgspec.Struct, frozen=True, kw_only=True):
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-ready form."""
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
-
-
-# ------------------------------------------------------------------ validation
-
-
-def validate_logits(
-    buf: bytes, dtype: str, shape: Sequence[int], n_test: int, num_classes: int
-) -> np.ndarray:
-    """Decode a worker's logits buffer, checked: dtype, shape ``(n_test, C)``, size, finite."""
-    if dtype not in ALLOWED_DTYPES:
-        raise ProtocolViolation(f"logits dtype {dtype!r} is not one of {ALLOWED_DTYPES}")
-    if tuple(shape) != (n_test, num_classes):
-        raise ProtocolViolation(f"logits shape {tuple(shape)} != expected {(n_test, num_classes)}")
-    expected = n_test * num_classes * np.dtype(dtype).itemsize
-    if len(buf) != expected:
-        raise ProtocolViolation(f"logits buffer has {len(buf)} bytes, shape and dtype need {expected}")
-    logits = np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(n_test, num_classes)
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, caught below
-        out = logits.astype(np.float32)  # also a private copy: the message buffer stays untouched
-    if not np.isfinite(out).all():
-        raise ProtocolViolation("logits contain NaN or infinite values (or values beyond float32)")
-    return out
 
 
 # ------------------------------------------------------------------ scoring
@@ -263,6 +201,6 @@ def _summary(name: str, values: dict[int, float]) -> MetricSummary:
     low = None if ci.low is None else min(max(ci.low, 0.0), upper)
     high = None if ci.high is None else min(max(ci.high, 0.0), upper)
     return MetricSummary(
-        name=name, higher_is_better=name not in LOWER_IS_BETTER, mean=ci.mean, std=ci.std,
+        name=name, higher_is_better=higher_is_better(name), mean=ci.mean, std=ci.std,
         ci95_low=low, ci95_high=high, per_seed=dict(values),
     )  # fmt: skip

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from evaluator.datasets import RawDataset
-from orchestrator.exceptions import DataError, UsageError
+from evaluator.errors import DataError, UsageError
 from sandbox_image.protocol import DataSpec
 
 if TYPE_CHECKING:

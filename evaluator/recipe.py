@@ -65,10 +65,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaluator.augment import make_augmenter
-from sandbox_image.protocol import DataSpec, EpochStats, TrainSpec
+from sandbox_image.protocol import OPTIMIZERS, SCHEDULES, DataSpec, EpochStats, TrainSpec
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("constant", "cosine", "onecycle")
 #: Early-stopping patience of the constant schedule when ``TrainSpec.patience`` is None.
 DEFAULT_PATIENCE = 5
 #: torch.optim.lr_scheduler.OneCycleLR's defaults.

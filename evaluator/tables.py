@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.exceptions import DataError
+from evaluator.errors import DataError
 
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 

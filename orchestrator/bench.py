@@ -224,7 +224,7 @@ def bench(*, count: int, epochs: int, parallel: int, backend_factory, image: str
     import shutil
 
     from orchestrator.sandbox.runner import make_private_dir
-    from orchestrator.training import load_prepared
+    from orchestrator.evaluation import load_prepared
 
     cores = os.cpu_count() or 1
     prepared = load_prepared("digits", None)

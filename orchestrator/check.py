@@ -8,21 +8,27 @@ the test labels, and scores the returned logits itself.
 
 from __future__ import annotations
 
-import ast
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.evaluation import load_prepared
 from orchestrator.exceptions import UsageError
 from orchestrator.safetext import inert
 from orchestrator.sandbox.base import Backend
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.runner import JobResult, new_job_id, run_job
-from sandbox_image.protocol import Failure, FailureKind, Job, Stage, TrainSpec
+from orchestrator.sandbox.validate import syntax_failure
+from orchestrator.training import (
+    check_shape_flags, dataset_json, summary_text, train_and_score, training_json, write_outputs,
+)
+from sandbox_image.protocol import Job, TrainSpec
 
 MAX_SOURCE_BYTES = 1024 * 1024
+DATA_DIR_NEEDS_DATASET = ("--data-dir needs --dataset NAME, the format of the data in it "
+                          "(e.g. --dataset imagefolder, csv, npz, cifar10 or mnist)")
 
 
 @dataclass(frozen=True)
@@ -81,28 +87,18 @@ def read_source(path: Path) -> str:
         raise UsageError(f"model file {str(path)!r} is not UTF-8 text: {exc}") from exc
 
 
-def syntax_failure(source: str) -> Failure | None:
-    """A syntax_error Failure when the source does not parse, else None."""
-    try:
-        ast.parse(source)
-    except SyntaxError as exc:
-        where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
-        return Failure(stage=Stage.COMPILE, kind=FailureKind.SYNTAX_ERROR, message=f"SyntaxError: {exc.msg} ({where})")
-    return None
-
-
 def run_check(request: CheckRequest, backend_factory, config: SandboxConfig, *, progress=None) -> CheckOutcome:
     """Check (and optionally train and score) one model file."""
+    if request.data_dir and not request.dataset:  # no format can be derived from a directory
+        raise UsageError(DATA_DIR_NEEDS_DATASET)
     source = read_source(request.path)
     job_id = new_job_id()
     failure = syntax_failure(source)
     if failure is not None:
         return CheckOutcome(request, JobResult(job_id=job_id, failure=failure))
     if request.train is not None:
-        from orchestrator.training import run_training_check
-
-        return run_training_check(request, source, job_id, backend_factory, config, progress=progress)
-    if (request.input_shape is None or request.num_classes is None) and (request.dataset or request.data_dir):
+        return _run_training_check(request, source, job_id, backend_factory, config, progress=progress)
+    if (request.input_shape is None or request.num_classes is None) and request.dataset:
         request = _shapes_from_dataset(request)
     if request.input_shape is None or request.num_classes is None:
         raise UsageError("give --input-shape and --num-classes (or --dataset NAME, which implies both)")
@@ -118,14 +114,27 @@ def run_check(request: CheckRequest, backend_factory, config: SandboxConfig, *, 
     return CheckOutcome(request, result)
 
 
+def _run_training_check(request: CheckRequest, source: str, job_id: str, backend_factory, config: SandboxConfig, *,
+                        progress=None) -> CheckOutcome:
+    """Train and score ``source`` (``check --train``); write ``--out``'s files when asked."""
+    result, scores, dynamics, facts = train_and_score(request, source, job_id, backend_factory, config,
+                                                      progress=progress)
+    outcome = CheckOutcome(request, result)
+    if result.failure is None:
+        outcome.scores, outcome.dynamics = scores, dynamics
+        outcome.extra.update(training_json(scores, dynamics, facts))
+        if request.out is not None:
+            outcome.extra["files"] = write_outputs(request.out, scores, result, outcome_json(outcome))
+    outcome.extra["dataset"] = dataset_json(facts)
+    return outcome
+
+
 def _shapes_from_dataset(request: CheckRequest) -> CheckRequest:
     """``request`` with the input shape and class count its dataset implies (flags must agree)."""
     import dataclasses
 
-    from orchestrator.training import _check_shape_flags, load_prepared
-
     facts = load_prepared(request.dataset, request.data_dir).facts()
-    _check_shape_flags(request, facts)
+    check_shape_flags(request, facts)
     return dataclasses.replace(request, input_shape=tuple(facts.input_shape), num_classes=facts.num_classes)
 
 
@@ -178,8 +187,6 @@ def print_outcome(outcome: CheckOutcome, *, as_json: bool, stream=None) -> None:
             lines = f.traceback.rstrip().splitlines()[-12:]
             stream.write("".join(f"    {inert(line, multiline=True)}\n" for line in lines))
     if outcome.scores is not None:
-        from orchestrator.training import summary_text
-
         # Class names come from the user's data (folder names, CSV headers).
         stream.write(inert(summary_text(outcome.scores, outcome.dynamics, result), multiline=True))
     for path in outcome.extra.get("files", []):

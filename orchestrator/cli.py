@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 
 from orchestrator.exceptions import DataError, ResearcherError, SandboxUnavailable, UsageError
+from orchestrator.image import add_image_parser
 from orchestrator.launcher.cli import add_launcher_parser
 from orchestrator.safetext import inert
 from orchestrator.sandbox.config import DEFAULT_IMAGE, DEFAULT_SPARE, DEVICES, RUNTIMES, SandboxConfig, validate
+from sandbox_image.protocol import OPTIMIZERS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SANDBOX, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -164,7 +166,7 @@ def sandbox_config(args: argparse.Namespace, *, default_timeout: float) -> Sandb
     gpus = _gpu_ids(args)
     return validate(SandboxConfig(
         image=args.image, memory=args.memory, cpus=args.cpus if args.cpus is not None else cores, pids=args.pids,
-        runtime=args.runtime, device=args.device, gpus=gpus, gpu=gpus[0] if args.gpus else None,
+        container_runtime=args.runtime, device=args.device, gpus=gpus, gpu=gpus[0] if args.gpus else None,
         timeout_s=args.timeout if args.timeout is not None else default_timeout, jobs_dir=_abspath(args.jobs_dir),
     ))
 
@@ -186,6 +188,12 @@ def _gpu_ids(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _abspath(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose``: a line per epoch and debug logging."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print a line per epoch of every candidate and debug logging (default: off)")
 
 
 def add_launcher_flag(parser: argparse.ArgumentParser) -> None:
@@ -211,7 +219,7 @@ def backend_factory(image: str, launcher: str | None):
 def docker_backend_factory(image: str):
     """A factory of Docker backends that connects lazily and checks ``image`` first."""
     def make():
-        from orchestrator.image import check_image
+        from orchestrator.sandbox.image import check_image
         from orchestrator.sandbox.docker import DockerBackend, connect
 
         client = connect()
@@ -243,27 +251,33 @@ def add_check_parser(sub) -> None:
     t.add_argument("--seeds", type=int, default=1, help="number of seeds (training runs) to aggregate (default: 1)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    t.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw", help="optimiser (default: adamw)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimiser (default: adamw)")
     t.add_argument("--out", type=Path, help="write the JSON result and the plots (PNG) into this directory")
     add_sandbox_flags(p)
+    add_verbose_flag(p)
     p.set_defaults(func=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Run `researcher check`."""
-    from orchestrator.check import CheckRequest, parse_shape, print_outcome, run_check
+    from orchestrator.check import DATA_DIR_NEEDS_DATASET, CheckRequest, parse_shape, print_outcome, run_check
     from sandbox_image.protocol import TrainSpec
 
-    if args.epochs < 1 or args.seeds < 1 or args.batch_size < 1 or args.lr <= 0:
-        raise UsageError("--epochs, --seeds and --batch-size must be >= 1 and --lr > 0")
-    if (args.train or args.out) and not args.dataset and not args.data_dir:
+    from orchestrator.planning.types import seeds_from_count
+
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    seeds = seeds_from_count(args.seeds)
+    if args.data_dir and not args.dataset:
+        raise UsageError(DATA_DIR_NEEDS_DATASET)
+    if (args.train or args.out) and not args.dataset:
         raise UsageError("--train needs --dataset NAME (e.g. --dataset digits)")
     if args.download and not args.dataset:
         raise UsageError("--download needs --dataset NAME (e.g. --dataset cifar10)")
     train = None
     if args.train:
         train = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          optimizer=args.optimizer, seeds=tuple(range(args.seeds)))
+                          optimizer=args.optimizer, seeds=seeds)
     request = CheckRequest(
         path=args.model, class_name=args.class_name,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,
@@ -315,7 +329,13 @@ def add_run_parser(sub) -> None:
     llm.add_argument("--llm-mode", choices=("config", "source"), default="config",
                      help="config: the LLM picks a layer config the assembler renders; source: it writes the nn.Module itself")
     llm.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per LLM request (default: 120)")
+    llm.add_argument("--llm-max-retries", type=int, default=4,
+                     help="retries of an LLM request after a 429, a 5xx, a refused connection or a timeout (default: 4)")
+    llm.add_argument("--llm-retry-backoff", type=float, default=0.5, metavar="S",
+                     help="seconds before the first retry, doubled for each next one, with jitter; a server's "
+                          "Retry-After wins (default: 0.5)")
     add_sandbox_flags(p)
+    add_verbose_flag(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -346,7 +366,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.planning.types import Target
     import msgspec
 
-    from orchestrator.research import check_runs_dir, dataset_choice, sandbox_for_run, settings_from_args, start_run
+    from orchestrator.research import (check_runs_dir, dataset_choice, sandbox_for_run, settings_from_args, start_run,
+                                       with_sandbox)
     from orchestrator.sandbox.gpus import bound_parallel
 
     check_runs_dir(args.runs_dir)  # before any download, launcher or data: nothing is written yet
@@ -360,22 +381,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"researcher: note: {note}", file=sys.stderr)
         settings = msgspec.structs.replace(settings, parallel=parallel)
     config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
-    settings = _with_sandbox_extra(settings, config)
+    settings = with_sandbox(settings, config)
     data_dir = locate_data(settings.dataset, settings.data_dir, args, from_goal=choice.origin == "goal")
     if choice.note:
         print(f"researcher: note: {inert(choice.note)}", file=sys.stderr)
     settings = msgspec.structs.replace(settings, data_dir=data_dir)  # stored: resume finds the same files
     return start_run(settings, root=args.runs_dir, config=config, secrets=_secrets(args, args.llm_base_url),
                      backend_factory=backend_factory(config.image, args.launcher))
-
-
-def _with_sandbox_extra(settings, config: SandboxConfig):
-    import msgspec
-
-    extra = dict(settings.extra, memory=config.memory, cpus=config.cpus, pids=config.pids,
-                 timeout_s=config.timeout_s, image=config.image, container_runtime=config.runtime,
-                 gpus=",".join(config.gpus))
-    return msgspec.structs.replace(settings, extra=extra)
 
 
 def add_resume_parser(sub) -> None:
@@ -387,6 +399,7 @@ def add_resume_parser(sub) -> None:
                                           "stored without them (default: the stored URL)")
     add_jobs_dir_flag(p)
     add_launcher_flag(p)
+    add_verbose_flag(p)
     p.set_defaults(func=cmd_resume)
 
 
@@ -397,14 +410,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     with Registry.open(args.run_dir, readonly=True) as registry:
         settings = registry.settings
-    x = settings.extra
-    config = validate(SandboxConfig(
-        image=str(x.get("image", DEFAULT_IMAGE)), memory=str(x.get("memory", "2g")), cpus=float(x.get("cpus", 1.0)),
-        pids=int(x.get("pids", 256)), runtime=str(x.get("container_runtime", "runc")), device=settings.device,
-        timeout_s=float(x.get("timeout_s", 900.0)), jobs_dir=_abspath(args.jobs_dir),
-        gpus=tuple(g for g in str(x.get("gpus") or "").split(",") if g),
-    ))
-    llm_url = settings.llm_base_url if settings.planner == "llm" else None
+    import msgspec
+
+    # the stored config, with this host's jobs dir (a host-local path is never stored)
+    config = validate(msgspec.structs.replace(settings.sandbox, jobs_dir=_abspath(args.jobs_dir)))
+    llm_url = settings.llm.base_url if settings.llm else None
     return resume_run(args.run_dir, config=config, secrets=_secrets(args, llm_url),
                       backend_factory=backend_factory(config.image, args.launcher))
 
@@ -571,12 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_doctor_parser(sub)
     add_data_parser(sub)
-    try:
-        from orchestrator.image import add_image_parser
-    except ImportError:  # pragma: no cover - during development only
-        add_image_parser = None
-    if add_image_parser is not None:
-        add_image_parser(sub)
+    add_image_parser(sub)
     add_cleanup_parser(sub)
     add_launcher_parser(sub)
     add_env_defaults(parser)
@@ -593,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(args, "verbose"):  # the launcher sets up its own logging
+        from orchestrator import logs
+
+        logs.setup(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -1,6 +1,6 @@
 """The orchestrator's own image, for compose.yaml: ``researcher`` in a container.
 
-``build_orchestrator_image()`` mirrors ``orchestrator.image.build_image``: without
+``build_orchestrator_image()`` mirrors ``orchestrator.sandbox.image.build_image``: without
 ``base_image`` it builds ``orchestrator/Dockerfile`` on the offline base (the sandbox's,
 from Debian packages) with ``--network none``; the wheels of the project's dependencies
 that the base lacks come from a wheelhouse the host's pip downloads once::
@@ -33,21 +33,18 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from orchestrator.exceptions import SandboxUnavailable
-from orchestrator.image import (
-    BUILD_TIMEOUT_S,
+from orchestrator.sandbox.image import (
     HOST_ONLY_MODULES,
     ImageInfo,
     Log,
+    build_inputs,
     build_once,
     content_hash,
     inspect_image,
     offline_builder,
-    project_root,
-    resolve_base,
     stream_build,
     write_tar,
 )
-from orchestrator.sandbox.docker import connect
 from sandbox_image.protocol import PROTOCOL_VERSION
 
 ORCHESTRATOR_IMAGE = "pytorch-researcher:latest"
@@ -177,28 +174,23 @@ def build_orchestrator_image(
     root: Path | None = None,
 ) -> ImageInfo:
     """Build (or reuse, by content hash) the orchestrator's image and tag it ``tag``."""
-    start = time.monotonic()
-    client = client or connect(timeout=BUILD_TIMEOUT_S)
-    root = root or project_root()
-    files = context_files(root)
-    base_name, base_id = resolve_base(client, base_image, force, log)
-    offline = base_image is None
-    pins = wheel_pins(root, offline_builder().default_spec().requirements) if offline else ()
-    args = {"BASE_IMAGE": base_name, "INSTALL_DEPS": "0" if offline else "1",
+    b = build_inputs(context_files, base_image=base_image, force=force, log=log, client=client, root=root)
+    pins = wheel_pins(b.root, offline_builder().default_spec().requirements) if b.offline else ()
+    args = {"BASE_IMAGE": b.base_name, "INSTALL_DEPS": "0" if b.offline else "1",
             "PROTOCOL_VERSION": str(PROTOCOL_VERSION)}
-    digest = content_hash(root, files, base_id, {**args, "wheels": " ".join(pins)})
+    digest = content_hash(b.root, b.files, b.base_id, {**args, "wheels": " ".join(pins)})
 
     def build() -> None:
         wheels = sorted(ensure_wheelhouse(pins, offline_builder().default_cache_dir(), log).glob("*.whl")) \
-            if offline else []
-        entries = [(name, root / name) for name in files]
+            if b.offline else []
+        entries = [(name, b.root / name) for name in b.files]
         entries += [(f"{WHEELHOUSE}/{wheel.name}", wheel) for wheel in wheels]
         with tempfile.TemporaryFile() as context:  # the wheels make it ~100 MB: not in memory
             write_tar(context, entries)
             context.seek(0)
-            stream_build(client, context, tag, {**args, "SOURCE_HASH": digest}, offline=offline, force=force,
+            stream_build(b.client, context, tag, {**args, "SOURCE_HASH": digest}, offline=b.offline, force=force,
                          log=log, dockerfile=DOCKERFILE, what="orchestrator image")
 
-    build_once(client, tag, digest, build, force=force, log=log, label="orchestrator", what="orchestrator image",
-               start=start)
-    return check_orchestrator_image(client, tag)
+    build_once(b.client, tag, digest, build, force=force, log=log, label="orchestrator", what="orchestrator image",
+               start=b.start)
+    return check_orchestrator_image(b.client, tag)

@@ -39,7 +39,7 @@ def check_engine() -> tuple[Finding, object | None]:
 
 def check_image(client, tag: str) -> Finding:
     """Is the sandbox image present and speaking our protocol?"""
-    from orchestrator.image import check_image as inspect
+    from orchestrator.sandbox.image import check_image as inspect
 
     try:
         info = inspect(client, tag)

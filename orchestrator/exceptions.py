@@ -9,23 +9,20 @@
         └── ProtocolViolation(ValueError)      a worker sent something undecodable
 
 Docker, ZeroMQ and httpx errors are caught where they happen and re-raised as
-one of these with ``raise ... from exc``. A candidate's own failure is *not* an
+one of these with ``raise ... from exc``. ``ResearcherError``, ``UsageError`` and
+``DataError`` are defined in ``evaluator.errors`` (the evaluator is self-contained) and
+re-exported here as the same classes. A candidate's own failure is *not* an
 exception: it is a ``Failure`` record (see ``sandbox_image.protocol``).
 """
 
 from __future__ import annotations
 
+# The root, usage and data errors are the evaluator's own classes (it must not import the
+# orchestrator), re-exported: one class each, so every ``except`` here catches both sides' raises.
+from evaluator.errors import DataError, ResearcherError, UsageError
 
-class ResearcherError(Exception):
-    """Root of every error this package raises on purpose."""
-
-
-class UsageError(ResearcherError, ValueError):
-    """The user asked for something that cannot work; the message says how to fix it."""
-
-
-class DataError(ResearcherError, ValueError):
-    """A dataset is missing or malformed; the message says what to install or where."""
+__all__ = ["DataError", "ProtocolViolation", "ResearcherError", "SandboxError", "SandboxTimeout",
+           "SandboxUnavailable", "UsageError"]
 
 
 class SandboxError(ResearcherError):

@@ -115,7 +115,8 @@ class LiveView:
         elapsed = time.monotonic() - loop.state.started
         budget = f"{loop.counted_candidates()}/{settings.max_candidates or '∞'} candidates"
         clock = f"{elapsed:.0f}/{settings.time_budget_s:.0f} s" if settings.time_budget_s else f"{elapsed:.0f} s"
-        target = f"target {metric} >= {loop.target.threshold}" if loop.target.threshold is not None else f"maximise {metric}"
+        target = (f"target {metric} {loop.target.sign} {loop.target.threshold}" if loop.target.threshold is not None
+                  else f"{'maximise' if loop.target.maximize else 'minimise'} {metric}")
         header = _cell(f"{settings.name}: {budget}, {clock}, {target}, pool {loop.pool.stats['ready']} ready", "bold")
         flight = Table(title="in flight", expand=True, title_justify="left")
         for col in ("candidate", "model", "seed", "epoch", "val acc", "params"):
@@ -129,8 +130,8 @@ class LiveView:
         board = Table(title="leaderboard (selection split, mean over seeds)", expand=True, title_justify="left")
         for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
             board.add_column(_cell(col))
-        passed = [c for c in loop.registry.candidates("passed") if c.value(metric) is not None]
-        passed.sort(key=lambda c: c.value(metric), reverse=loop.target.direction == "maximize")
+        passed = loop.target.ranked([c for c in loop.registry.candidates("passed") if c.value(metric) is not None],
+                                    lambda c: c.value(metric))
         for rank, rec in enumerate(passed[:5], 1):
             board.add_row(*map(_cell, (rank, rec.id, f"{rec.value(metric):.4f}", _fmt_ci(rec, metric),
                                        f"{rec.params or 0:,}", f"{rec.seconds:.1f}")))

@@ -11,6 +11,7 @@ leave the registry consistent so that `researcher resume` continues it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from orchestrator.check import syntax_failure
+from orchestrator import logs
+from orchestrator.evaluation import score_result
 from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.planning.assembler import render
 from orchestrator.planning.types import InvalidConfig, Outcome, Planner, Proposal, should_prune
@@ -27,6 +29,7 @@ from orchestrator.registry.store import INTERRUPTED
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.pool import WarmPool
 from orchestrator.sandbox.runner import JobResult, execute
+from orchestrator.sandbox.validate import syntax_failure
 from sandbox_image.protocol import CheckReport, Failure, FailureKind, Job, Predictions, Progress, Stage
 
 #: Planner failures in a row (exceptions, unrecordable proposals) after which the loop stops.
@@ -49,7 +52,14 @@ class Evaluation:
 
 @dataclass
 class LoopState:
-    """Live counters the view reads (written by the loop thread only)."""
+    """Live counters the view reads.
+
+    The loop thread alone adds and removes ``in_flight`` entries and writes the
+    counters and ``stop_reason``. While a candidate runs, its worker thread alone
+    updates that candidate's entry dict (progress, pruning, errors); the loop thread
+    pops it only after the worker's future is done. Readers take ``list(...)``
+    snapshots of ``in_flight``; each write is a single dict operation under the GIL.
+    """
 
     started: float = field(default_factory=time.monotonic)
     in_flight: dict[str, dict] = field(default_factory=dict)  # cid -> {"seed", "epoch", "val_acc", ...}
@@ -247,8 +257,6 @@ class ResearchLoop:
                     self._slots.pop(cid, None)
         if result.failure is not None or result.stopped:
             return Evaluation(result=result, failure=result.failure)
-        from orchestrator.training import score_result
-
         try:
             scores, selection, dynamics = score_result(result, self.prepared)
         except Exception as exc:  # noqa: BLE001 - the worker's data, however odd, fails only this candidate
@@ -271,6 +279,8 @@ class ResearchLoop:
             entry["params"] = msg.params
         elif isinstance(msg, Progress):
             entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc)
+            if logs.epochs.isEnabledFor(logging.INFO):
+                logs.epochs.info("%s %s", cid, logs.epoch_line(msg.stats, msg.seed, msg.epochs))
             entry.setdefault("curves", {}).setdefault(msg.seed, []).append(msg.stats)
             if msg.seed == proposal.train.seeds[0]:
                 with self._planner_lock:

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import msgspec
 
+from evaluator.datasets import DEFAULT_DATASET
 from orchestrator.exceptions import UsageError
-from orchestrator.planning.types import DatasetFacts as PlannerFacts
+from orchestrator.planning.types import PlannerFacts
+from orchestrator.planning.types import seeds_from_count
 from orchestrator.registry import Registry, RunSettings, new_run_dir
 from orchestrator.sandbox.config import SandboxConfig
 
-DEFAULT_GOAL = "digits classifier with at least 98% accuracy"
+DEFAULT_GOAL = f"{DEFAULT_DATASET} classifier with at least 98% accuracy"
 DEFAULT_RUNS_DIR = "runs"
 
 
@@ -37,9 +39,7 @@ class Secrets:
 
 def planner_facts(facts) -> PlannerFacts:
     """The planner's view of the prepared data (never the test labels)."""
-    return PlannerFacts(name=facts.name, input_shape=tuple(facts.input_shape), num_classes=facts.num_classes,
-                        class_names=tuple(facts.class_names), n_train=facts.n_train, n_val=facts.n_val,
-                        n_test=facts.n_test)
+    return PlannerFacts.of(facts)
 
 
 def make_planner(settings: RunSettings, facts: PlannerFacts, registry: Registry, secrets: Secrets):
@@ -47,21 +47,23 @@ def make_planner(settings: RunSettings, facts: PlannerFacts, registry: Registry,
     from orchestrator.planning.offline import OfflinePlanner
 
     offline = OfflinePlanner(facts, settings.target, seed=settings.search_seed, device=settings.device)
-    if settings.planner == "offline":
+    llm = settings.llm
+    if llm is None:
         return offline
     import warnings
 
     from orchestrator.llm.client import LLMClient
+    from orchestrator.llm.retry import RetryPolicy
     from orchestrator.llm.urls import InsecureCredentialsWarning
     from orchestrator.planning.llm import LLMPlanner
 
     with warnings.catch_warnings():  # the CLI has said it already, on one line
         warnings.simplefilter("ignore", InsecureCredentialsWarning)
-        client = LLMClient(secrets.llm_base_url or settings.llm_base_url, settings.llm_model,
-                           secrets.llm_api_key, timeout=float(settings.extra.get("llm_timeout", 120.0)),
+        client = LLMClient(secrets.llm_base_url or llm.base_url, llm.model, secrets.llm_api_key,
+                           timeout=llm.timeout_s,
+                           retry=RetryPolicy(max_retries=llm.max_retries, base_s=llm.retry_backoff_s),
                            recorder=registry.record_llm_call)
-    mode = str(settings.extra.get("llm_mode", "config"))
-    return LLMPlanner(client, facts, settings.target, settings.goal, mode=mode, fallback=offline)
+    return LLMPlanner(client, facts, settings.target, settings.goal, mode=llm.mode, fallback=offline)
 
 
 def sandbox_for_run(base: SandboxConfig, parallel: int, cpus_given: bool) -> SandboxConfig:
@@ -94,7 +96,7 @@ def check_runs_dir(root: str | Path) -> None:
 
 def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory) -> int:
     """Create a run directory and registry, then drive the loop."""
-    from orchestrator.training import load_prepared
+    from orchestrator.evaluation import load_prepared
 
     check_runs_dir(root)
     # Bad data is a usage error before anything is written, not a failed run directory.
@@ -118,7 +120,7 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
     from orchestrator.live import LiveView
     from orchestrator.loop import ResearchLoop
     from orchestrator.sandbox.pool import WarmPool
-    from orchestrator.training import load_prepared
+    from orchestrator.evaluation import load_prepared
 
     settings = registry.settings
     paths = registry.paths
@@ -215,7 +217,7 @@ def _print_summary(paths, status: str, message: str, wall: float, html: Path) ->
 
 def default_goal_for(dataset: str) -> str:
     """The default goal, naming the dataset the run trains on (the LLM and the report read it)."""
-    return DEFAULT_GOAL if dataset == "digits" else DEFAULT_GOAL.replace("digits", dataset, 1)
+    return DEFAULT_GOAL if dataset == DEFAULT_DATASET else DEFAULT_GOAL.replace(DEFAULT_DATASET, dataset, 1)
 
 
 def dataset_choice(args):
@@ -245,14 +247,21 @@ def settings_from_args(args, goal_target, dataset=None) -> RunSettings:
         problems.append("--max-candidates must be >= 1")
     if args.time_budget is not None and args.time_budget <= 0:
         problems.append("--time-budget must be > 0 seconds")
-    if args.seeds < 1 or args.seeds > 16:
-        problems.append("--seeds must be between 1 and 16")
+    try:
+        seeds = seeds_from_count(args.seeds)
+    except UsageError as exc:
+        problems.append(str(exc))
     if args.parallel < 1:
         problems.append("--parallel must be >= 1")
+    if args.llm_max_retries < 0:
+        problems.append("--llm-max-retries must be >= 0")
+    if not args.llm_retry_backoff >= 0:
+        problems.append("--llm-retry-backoff must be >= 0 seconds")
     if args.llm_model and not args.llm_base_url:
         problems.append("--llm-model needs --llm-base-url (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1)")
     from orchestrator.llm.client import chat_url
     from orchestrator.llm.urls import redact_url
+    from orchestrator.registry.settings import LLMConfig
 
     if args.llm_base_url:
         try:  # a bad URL is a usage error before a run directory exists (the message is redacted)
@@ -262,14 +271,21 @@ def settings_from_args(args, goal_target, dataset=None) -> RunSettings:
     if problems:
         raise UsageError("; ".join(problems))
 
-    planner = "llm" if args.llm_base_url else "offline"
+    llm = None
+    if args.llm_base_url:
+        llm = LLMConfig(base_url=redact_url(args.llm_base_url),  # Secrets has it whole
+                          model=args.llm_model or "default", mode=args.llm_mode, timeout_s=args.llm_timeout,
+                          max_retries=args.llm_max_retries, retry_backoff_s=args.llm_retry_backoff)
     return RunSettings(
         goal=default_goal_for(dataset.name) if args.goal == DEFAULT_GOAL else args.goal,
-        name=args.name or "", dataset=dataset.name, data_dir=args.data_dir, target=goal_target,
-        seeds=tuple(range(args.seeds)), max_candidates=args.max_candidates, time_budget_s=args.time_budget,
-        planner=planner, search_seed=args.search_seed,
-        llm_base_url=redact_url(args.llm_base_url) if args.llm_base_url else None,  # Secrets has it whole
-        llm_model=args.llm_model or ("default" if planner == "llm" else None), device=args.device,
-        parallel=args.parallel, runtime=args.runtime, keep=args.keep,
-        extra={"llm_mode": args.llm_mode, "llm_timeout": args.llm_timeout, "dataset_from": dataset.origin},
+        name=args.name or "", dataset=dataset.name, dataset_from=dataset.origin, data_dir=args.data_dir,
+        target=goal_target, seeds=seeds, max_candidates=args.max_candidates, time_budget_s=args.time_budget,
+        search_seed=args.search_seed, llm=llm, parallel=args.parallel, keep=args.keep,
+        # the run's whole SandboxConfig replaces this one once it is built (``with_sandbox``)
+        sandbox=SandboxConfig(device=args.device, container_runtime=args.runtime),
     )
+
+
+def with_sandbox(settings: RunSettings, config: SandboxConfig) -> RunSettings:
+    """``settings`` holding the run's sandbox config (stored less the host-local jobs dir)."""
+    return msgspec.structs.replace(settings, sandbox=config)

@@ -1,21 +1,26 @@
-"""`researcher check --train`: prepare data on the host, train in the sandbox, score here.
+"""`researcher check --train`'s training half: prepare data on the host, train in the sandbox, score here.
 
 The host loads and splits the dataset once, writes train/val (with labels)
 and test *inputs* as read-only ``.npy`` files, and keeps the test labels in
 memory. The sandbox returns test logits per seed; every headline metric is
-computed here from those logits with torchmetrics.
+computed here from those logits with torchmetrics. ``orchestrator.check`` (the
+command) calls this module, never the other way round.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import msgspec
 import shutil
 from pathlib import Path
 from typing import Any
 
+from orchestrator import logs
+from orchestrator.evaluation import load_prepared, score_result
 from orchestrator.exceptions import UsageError
+from orchestrator.safetext import inert
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.runner import JobResult, make_private_dir, run_job
 from sandbox_image.protocol import Job, Progress
@@ -25,21 +30,16 @@ SUMMARY_METRICS = ("accuracy", "top3_accuracy", "top5_accuracy", "f1_macro", "f1
                    "recall_macro", "auroc_macro", "average_precision_macro", "calibration_error", "nll")
 
 
-def load_prepared(dataset: str | None, data_dir: str | None, *, seed: int = 0):
-    """Load and split a dataset on the trusted side (test labels stay here)."""
-    from evaluator.datasets import load_dataset
-    from evaluator.prepare import prepare
+def train_and_score(request, source: str, job_id: str, backend_factory, config: SandboxConfig, *,
+                    progress=None) -> tuple[JobResult, Any, Any, Any]:
+    """Train ``source`` (a ``CheckRequest``'s model) on its dataset in a sandbox and score its test logits.
 
-    return prepare(load_dataset(dataset or "digits", data_dir), seed=seed)
-
-
-def run_training_check(request, source: str, job_id: str, backend_factory, config: SandboxConfig, *, progress=None):
-    """Train ``source`` on the dataset in a sandbox and score its test logits."""
-    from orchestrator.check import CheckOutcome
-
+    Returns the job's result, its test scores and learning dynamics (both None when
+    the job failed) and the dataset's facts.
+    """
     prepared = load_prepared(request.dataset, request.data_dir)
     facts = prepared.facts()
-    _check_shape_flags(request, facts)
+    check_shape_flags(request, facts)
     # In the jobs dir: a containerised orchestrator has it at the same path as the host (bind mounts).
     scratch = make_private_dir(Path(config.jobs_root), "researcher-data-")
     try:
@@ -58,18 +58,14 @@ def run_training_check(request, source: str, job_id: str, backend_factory, confi
             backend.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    outcome = CheckOutcome(request, result)
+    scores = dynamics = None
     if result.failure is None:
-        outcome.scores, _, outcome.dynamics = score_result(result, prepared)
-        outcome.extra.update(training_json(outcome.scores, outcome.dynamics, facts))
-        if request.out is not None:
-            outcome.extra["files"] = write_outputs(request.out, outcome, result)
-    outcome.extra["dataset"] = {"name": facts.name, "n_train": facts.n_train, "n_val": facts.n_val,
-                                "n_test": facts.n_test, "content_hash": facts.content_hash}
-    return outcome
+        scores, _, dynamics = score_result(result, prepared)
+    return result, scores, dynamics, facts
 
 
-def _check_shape_flags(request, facts) -> None:
+def check_shape_flags(request, facts) -> None:
+    """UsageError when ``--input-shape``/``--num-classes`` disagree with the dataset's."""
     if request.input_shape is not None and tuple(request.input_shape) != tuple(facts.input_shape):
         raise UsageError(f"--input-shape {request.input_shape} does not match dataset {facts.name!r}, "
                          f"whose inputs are {facts.input_shape}; drop the flag")
@@ -78,21 +74,10 @@ def _check_shape_flags(request, facts) -> None:
                          f"which has {facts.num_classes} classes; drop the flag")
 
 
-def score_result(result: JobResult, prepared) -> tuple[Any, Any, Any]:
-    """Test scores, selection scores (both over seeds) and learning dynamics of a finished training job.
-
-    The worker predicted the evaluation array (selection and test inputs, shuffled);
-    its logits are split back here, where both label sets are.
-    """
-    from evaluator.dynamics import analyse
-    from evaluator.metrics import score_seeds
-
-    names = prepared.raw.class_names
-    split = {seed: prepared.split_eval(logits) for seed, logits in result.logits.items()}
-    test = score_seeds({seed: t for seed, (_, t) in split.items()}, prepared.test_y, names)
-    selection = score_seeds({seed: s for seed, (s, _) in split.items()}, prepared.select_y, names)
-    curves = {p.seed: list(p.curves) for p in result.predictions}
-    return test, selection, analyse(curves)
+def dataset_json(facts) -> dict:
+    """The `--json` ``dataset`` key: name, split sizes and content hash."""
+    return {"name": facts.name, "n_train": facts.n_train, "n_val": facts.n_val,
+            "n_test": facts.n_test, "content_hash": facts.content_hash}
 
 
 def training_json(scores, dynamics, facts) -> dict:
@@ -131,20 +116,18 @@ def summary_text(scores, dynamics, result: JobResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Path, outcome, result: JobResult) -> list[str]:
-    """Write result.json, the confusion matrix and learning curves into ``out``."""
-    from orchestrator.check import outcome_json
+def write_outputs(out: Path, scores, result: JobResult, data: dict) -> list[str]:
+    """Write result.json (``data``, the check's `--json` object, plus the file list), the
+    confusion matrix and learning curves into ``out``."""
     from evaluator.plots import plot_confusion, plot_learning_curves
 
     out.mkdir(parents=True, exist_ok=True)
-    scores = outcome.scores
     files = [
         plot_confusion(scores.confusion, scores.class_names, out / "confusion_matrix.png",
                        title=f"Confusion matrix (test set, summed over {len(scores.seeds)} seed(s))"),
         plot_learning_curves({p.seed: list(p.curves) for p in result.predictions}, out / "learning_curves.png"),
     ]
     names = [str(f) for f in files] + [str(out / "result.json")]
-    data = outcome_json(outcome)
     data["files"] = names
     (out / "result.json").write_text(json.dumps(data, indent=2))
     return names
@@ -182,13 +165,16 @@ class TrainingProgress:
             return
         if self.enabled is False:  # progress off: nothing at all
             return
-        s = msg.stats
-        detail = f"seed {msg.seed} epoch {s.epoch}: loss {s.train_loss:.3f}/{s.val_loss:.3f} acc {s.train_acc:.3f}/{s.val_acc:.3f}"
+        detail = logs.epoch_line(msg.stats, msg.seed, self.epochs)
         if self._progress is None:
             import sys
 
-            print(detail, file=sys.stderr, flush=True)
+            print(inert(detail), file=sys.stderr, flush=True)
             return
+        if logs.epochs.isEnabledFor(logging.INFO):  # --verbose: a line per epoch above the bar, too
+            from rich.text import Text
+
+            self._progress.console.print(Text(inert(detail)))
         self._progress.update(self._task, advance=1, description="training", detail=detail)
 
     def __exit__(self, *exc_info) -> None:

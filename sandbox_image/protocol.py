@@ -88,6 +88,13 @@ class _Msg(msgspec.Struct, frozen=True, tag=True, forbid_unknown_fields=False):
 # --------------------------------------------------------------------- settings
 
 
+#: TrainSpec.optimizer and TrainSpec.schedule choices (the recipe implements each; the planner bounds by them).
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+AUGMENTS = ("none", "shift", "crop_flip", "crop_flip_erase")  # TrainSpec.augment
+PAD_MODES = ("zero", "reflect")  # TrainSpec.pad_mode
+
+
 class TrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the worker trains a candidate; chosen by the trusted side.
 

@@ -196,7 +196,7 @@ def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> No
         )
 
 
-def run_job(job: Job, send: Callable[[msgspec.Struct], None]) -> None:
+def serve_job(job: Job, send: Callable[[msgspec.Struct], None]) -> None:
     """Run every stage of one job, sending a Failure or Done at the end."""
     start = time.perf_counter()
     try:
@@ -265,7 +265,7 @@ def serve(endpoint: str, *, warm_up: bool = False) -> int:
         return 4
     if not isinstance(job, Job):
         return 4
-    run_job(job, send)
+    serve_job(job, send)
     # The host keeps a small receive queue: wait until it has read everything (its Bye), so
     # no frame is lost when the connection closes; then linger flushes nothing more.
     sock.poll(_BYE_WAIT_MS, zmq.POLLIN)

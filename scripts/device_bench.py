@@ -51,7 +51,7 @@ SETS = {"digits": (12, 3, None), "fashion_mnist": (4, 1, 10000)}
 def render(out: Path, names: list[str], count: int | None = None, epochs: int | None = None) -> None:
     """Write each set's rendered sources and training settings (needs Optuna)."""
     from orchestrator.bench import candidates
-    from orchestrator.training import load_prepared
+    from orchestrator.evaluation import load_prepared
 
     doc = {}
     for name in names:
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     from evaluator.datasets import load_dataset
     from evaluator.prepare import prepare
     from orchestrator.sandbox.config import SandboxConfig, validate
-    from orchestrator.sandbox.fake import SubprocessBackend
+    from orchestrator.sandbox.local import SubprocessBackend
 
     devices = args.devices.split(",")
     if "cuda" in devices and not torch.cuda.is_available():

@@ -12,7 +12,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 def docker_client():
     """A Docker client with the current sandbox image, or a failure saying how to get one."""
     from orchestrator.exceptions import SandboxUnavailable
-    from orchestrator.image import check_image
+    from orchestrator.sandbox.image import check_image
     from orchestrator.sandbox.docker import connect
 
     try:

@@ -362,3 +362,39 @@ def test_relative_links_point_at_files_that_exist(doc):
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
         if not re.match(r"[a-z]+://", target):
             assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"
+
+
+# ------------------------------------------------------------------ (f) the Python API's examples
+
+
+def api_examples() -> list[tuple[int, str]]:
+    """(line, body) of each ```python block under the README's "Python API" section, in order."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Python API\n")
+    end = text.index("\n## ", start + 1)
+    offset = text[:start].count("\n")
+    return [(offset + line, body) for info, line, body in code_blocks(text[start:end]) if info == "python"]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_every_python_api_example_in_the_readme_runs(tmp_path, monkeypatch):
+    """The blocks run in order in one namespace, in a fresh cwd; the LLM one against the scripted fake server."""
+    from tests.fakes.fake_llm_server import FakeLLMServer, Reply
+
+    examples = api_examples()
+    assert len(examples) >= 3 and any("use_llm=True" in body for _, body in examples)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme_example"}
+    with FakeLLMServer() as server:
+        for line, body in examples:
+            if "use_llm=True" in body:
+                source = (namespace["src"].replace("class SmallCNN", "class FromLLM"))
+                server.add(Reply.json({"rationale": "the config as written", "class_name": "FromLLM",
+                                       "python": source, "train": {"epochs": 1, "batch_size": 64, "lr": 0.001,
+                                                                   "optimizer": "adamw"}}))
+                body = body.replace("http://127.0.0.1:11434/v1", server.base_url)
+            exec(compile(body, f"README.md:{line}", "exec"), namespace)  # noqa: S102 - our own docs
+        assert namespace["result"].via == "llm", namespace["result"].llm_error
+        assert server.pending == 0
+    assert (tmp_path / "small_cnn.py").is_file() and (tmp_path / "llm_cnn.py").is_file()

@@ -41,8 +41,7 @@ from orchestrator.launcher.protocol import (
     reply_decoder,
 )
 from orchestrator.sandbox.base import ExitStatus, Mounts
-from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.docker import SOCKET_NAME
+from orchestrator.sandbox.config import SOCKET_NAME, SandboxConfig
 
 _POLL_S = 0.5
 _TIMEOUT_S = 30.0  # an engine create can take seconds under load; a dead launcher is noticed here
@@ -166,7 +165,7 @@ class LauncherBackend:
         handle = None if data_dir is None else self._stage(data_dir)
         request = Create(session="", job_id=job_id, data=handle, memory=config.memory,
                          cpus=config.cpus, pids=config.pids, tmpfs_size=config.tmpfs_size, nofile=config.nofile,
-                         runtime=config.runtime, device=config.device, gpu=config.gpu, timeout_s=config.timeout_s,
+                         runtime=config.container_runtime, device=config.device, gpu=config.gpu, timeout_s=config.timeout_s,
                          warm_up=config.warm_up)
         return LauncherSandbox(self, request)
 

@@ -171,7 +171,7 @@ class Launcher:
             return session
 
     def _welcome(self, request: Hello) -> Welcome:
-        from orchestrator.image import inspect_image
+        from orchestrator.sandbox.image import inspect_image
         from orchestrator.sandbox.gpus import host_gpus
 
         if request.protocol != LAUNCHER_PROTOCOL:
@@ -273,7 +273,7 @@ class Launcher:
         if problems:
             raise Refusal("; ".join(problems))
         config = SandboxConfig(image=c.image, memory=request.memory, cpus=request.cpus, pids=request.pids,
-                               tmpfs_size=request.tmpfs_size, nofile=request.nofile, runtime=request.runtime,
+                               tmpfs_size=request.tmpfs_size, nofile=request.nofile, container_runtime=request.runtime,
                                device=request.device, gpu=request.gpu, timeout_s=request.timeout_s,
                                warm_up=request.warm_up, jobs_dir=str(self.root))
         try:

@@ -15,7 +15,7 @@ import msgspec
 
 from orchestrator.llm.records import ChatMessage
 from orchestrator.llm.schema import resolve
-from orchestrator.planning.types import DatasetFacts, Outcome, Proposal, Target
+from orchestrator.planning.types import PlannerFacts, Outcome, Proposal, Target
 
 _MESSAGE_CHARS = 600  # of a failure message shown back to the model
 _SOURCE_CHARS = 6000  # of failed source shown in a repair task
@@ -67,7 +67,7 @@ def describe_layers(config_schema: dict[str, Any], root: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_facts(facts: DatasetFacts) -> str:
+def describe_facts(facts: PlannerFacts) -> str:
     """The dataset in one line."""
     kind = "image (C, H, W)" if facts.is_image else "table (features,)"
     sizes = f"{facts.n_train} train / {facts.n_val} val / {facts.n_test} test examples"
@@ -81,8 +81,7 @@ def describe_target(target: Target | None) -> str:
     if target is None or target.threshold is None:
         metric = target.metric if target else "accuracy"
         return f"make {metric} as good as possible ({target.direction if target else 'maximize'})"
-    sign = ">=" if target.direction == "maximize" else "<="
-    return f"{target.metric} {sign} {target.threshold:g} on the held-out selection split"
+    return f"{target.metric} {target.sign} {target.threshold:g} on the held-out selection split"
 
 
 def describe_proposal(proposal: Proposal) -> str:
@@ -119,7 +118,7 @@ def describe_outcome(outcome: Outcome) -> str:
 def select_history(history: Sequence[Outcome], target: Target, limit: int) -> list[Outcome]:
     """The best few and the most recent outcomes, in their original order, at most ``limit``."""
     passed = [o for o in history if o.status == "passed" and o.mean is not None]
-    best = sorted(passed, key=lambda o: o.mean, reverse=target.direction == "maximize")[:3]
+    best = target.ranked(passed, lambda o: o.mean)[:3]
     keep = {id(o) for o in best} | {id(o) for o in history[-max(limit - len(best), 0):]}
     return [o for o in history if id(o) in keep][-limit:]
 
@@ -136,7 +135,7 @@ def system_prompt(task: str, layer_text: str, train_text: str, example: dict[str
     )
 
 
-def propose_messages(system: str, goal: str, facts: DatasetFacts, target: Target | None,
+def propose_messages(system: str, goal: str, facts: PlannerFacts, target: Target | None,
                      history: Sequence[Outcome], *, limit: int = 8) -> list[ChatMessage]:
     """Messages asking for the next candidate, given everything tried so far."""
     tgt = target or Target()
@@ -148,7 +147,7 @@ def propose_messages(system: str, goal: str, facts: DatasetFacts, target: Target
         lines += [f"- {describe_outcome(o)}" for o in shown]
         passed = [o for o in history if o.status == "passed" and o.mean is not None]
         if passed:
-            best = max(passed, key=lambda o: o.mean if tgt.direction == "maximize" else -o.mean)
+            best = tgt.best(passed, lambda o: o.mean)
             lines.append(f"Best so far: {best.candidate_id} with {best.metric} {best.mean:.4f}.")
         lines.append("Propose a new candidate that differs from those above and could beat "
                      "the best.")
@@ -157,7 +156,7 @@ def propose_messages(system: str, goal: str, facts: DatasetFacts, target: Target
     return [ChatMessage("system", system), ChatMessage("user", "\n".join(lines))]
 
 
-def repair_messages(system: str, goal: str, facts: DatasetFacts, failed: Outcome,
+def repair_messages(system: str, goal: str, facts: PlannerFacts, failed: Outcome,
                     ) -> list[ChatMessage]:
     """Messages asking to fix a failed candidate, with its error and its model."""
     proposal = failed.proposal

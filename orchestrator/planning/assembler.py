@@ -167,7 +167,7 @@ def _batchnorm(shape: Shape, name: str) -> list[_Step]:
                   2 * shape[0])]
 
 
-def _lower_one(index: int, layer: Layer, shape: Shape, names: Counter[str],
+def lower_one(index: int, layer: Layer, shape: Shape, names: Counter[str],
                next_layer: Layer | None) -> list[_Step]:
     """The rendered steps for one layer spec, given the shape it receives."""
     def name(prefix: str) -> str:
@@ -221,7 +221,7 @@ def _lower(config: ModelConfig, input_shape: tuple[int, ...],
     layers = config.layers
     for i, layer in enumerate(layers):
         following = layers[i + 1] if i + 1 < len(layers) else None
-        new = _lower_one(i, layer, shape, names, following)
+        new = lower_one(i, layer, shape, names, following)
         steps += new
         shape = new[-1].shape if new else shape
     head = _linear(shape, num_classes, "head")

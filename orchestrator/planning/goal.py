@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from evaluator.datasets import DEFAULT_DATASET
 from orchestrator.exceptions import UsageError
 from orchestrator.planning.types import METRIC_DIRECTIONS, Target
 
@@ -115,7 +116,7 @@ def _fraction(number: str, percent: str | None, phrase: str) -> float:
 
 def _target(metric: str, threshold: float) -> Target:
     """A Target with the metric's natural direction."""
-    return Target(metric=metric, threshold=threshold, direction=METRIC_DIRECTIONS[metric])
+    return Target(metric=metric, threshold=threshold)  # its direction: the metric's own
 
 
 def parse_goal(text: str) -> Target | None:
@@ -206,7 +207,7 @@ def _titled(names: tuple[str, ...]) -> str:
     return " and ".join(f"{DATASET_TITLES.get(n, n)} ({n})" for n in names)
 
 
-def choose_dataset(goal: str, flag: str | None, default: str = "digits") -> DatasetChoice:
+def choose_dataset(goal: str, flag: str | None, default: str = DEFAULT_DATASET) -> DatasetChoice:
     """The run's dataset from the goal and ``--dataset`` (UsageError when they disagree)."""
     from evaluator.datasets import canonical_name  # numpy and friends: only when a run starts
 

@@ -34,11 +34,12 @@ from orchestrator.llm.schema import coerce_to_schema, compact_schema, show
 from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze, render
 from orchestrator.planning.space import augment_choices, epoch_range
 from orchestrator.planning.types import (
+    OPTIMIZERS,
     SCHEDULES,
     SPATIAL_LAYERS,
     BatchNorm,
     Conv2d,
-    DatasetFacts,
+    PlannerFacts,
     Dropout,
     GlobalAvgPool,
     InvalidConfig,
@@ -92,7 +93,7 @@ class TrainBounds:
     max_warmup_epochs: float = 5.0  # and below the fewest epochs allowed
     min_width: int = 8  # channels/features below this are raised to it
 
-    def schema(self, defaults: TrainSpec, facts: DatasetFacts | None = None) -> dict[str, Any]:
+    def schema(self, defaults: TrainSpec, facts: PlannerFacts | None = None) -> dict[str, Any]:
         """JSON schema of the settings the LLM may choose, within these bounds, for ``facts``."""
         def num(kind: str, bounds: tuple[float, float], default: float) -> dict[str, Any]:
             default = min(max(default, bounds[0]), bounds[1])
@@ -102,7 +103,7 @@ class TrainBounds:
             "epochs": num("integer", self.epochs, epochs),
             "batch_size": num("integer", self.batch_size, defaults.batch_size),
             "lr": num("number", self.lr, defaults.lr),
-            "optimizer": {"enum": ["adamw", "adam", "sgd"], "default": defaults.optimizer},
+            "optimizer": {"enum": list(OPTIMIZERS), "default": defaults.optimizer},
             "weight_decay": num("number", self.weight_decay, defaults.weight_decay),
             "nesterov": {"type": "boolean", "default": defaults.nesterov,
                          "description": "Nesterov momentum; with optimizer sgd only"},
@@ -121,7 +122,7 @@ class TrainBounds:
                 "additionalProperties": False}
 
 
-def _augment_schema(defaults: TrainSpec, facts: DatasetFacts | None) -> dict[str, Any]:
+def _augment_schema(defaults: TrainSpec, facts: PlannerFacts | None) -> dict[str, Any]:
     """``augment`` (and ``tta_flip`` where flips keep labels) for image data; nothing for tables."""
     if facts is None or not facts.is_image:
         return {}
@@ -139,7 +140,7 @@ def _augment_schema(defaults: TrainSpec, facts: DatasetFacts | None) -> dict[str
     return props
 
 
-def default_config(facts: DatasetFacts, variant: int = 0) -> ModelConfig:
+def default_config(facts: PlannerFacts, variant: int = 0) -> ModelConfig:
     """A known-good small model for the data; ``variant`` varies its width."""
     width = (32, 64, 16, 128)[variant % 4]
     if facts.is_image:
@@ -156,7 +157,7 @@ def default_config(facts: DatasetFacts, variant: int = 0) -> ModelConfig:
 class LLMAssembler:
     """Turns a model's reply into a validated, bounded ``Proposal`` (config or source mode)."""
 
-    def __init__(self, facts: DatasetFacts, *, mode: Mode = "config",
+    def __init__(self, facts: PlannerFacts, *, mode: Mode = "config",
                  train_defaults: TrainSpec = TrainSpec(), bounds: TrainBounds | None = None,
                  max_params: int = DEFAULT_MAX_PARAMS) -> None:
         if mode not in ("config", "source"):
@@ -251,7 +252,7 @@ class LLMAssembler:
         return chosen
 
 
-def _config_schema(facts: DatasetFacts, min_width: int) -> dict[str, Any]:
+def _config_schema(facts: PlannerFacts, min_width: int) -> dict[str, Any]:
     """ModelConfig's schema, compacted, without ``name``, limited to layers that fit the data."""
     schema = compact_schema(model_config_json_schema())
     defs = schema["$defs"]
@@ -272,7 +273,7 @@ def _config_schema(facts: DatasetFacts, min_width: int) -> dict[str, Any]:
 class LLMPlanner:
     """Planner over an ``LLMClient``; see the module docstring. Satisfies ``Planner``."""
 
-    def __init__(self, client: LLMClient, facts: DatasetFacts, target: Target | None = None,
+    def __init__(self, client: LLMClient, facts: PlannerFacts, target: Target | None = None,
                  goal: str = "", *, mode: Mode = "config", repair_budget: int = 2,
                  correction_rounds: int = 1, train_defaults: TrainSpec = TrainSpec(),
                  bounds: TrainBounds | None = None, max_params: int = DEFAULT_MAX_PARAMS,

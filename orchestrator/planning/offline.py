@@ -52,7 +52,7 @@ from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze
 from orchestrator.planning.budget import Budget, EpochTimer, epoch_seeds, shortest_final
 from orchestrator.planning.space import Params, SearchSpace, space_for
 from orchestrator.planning.types import (
-    DatasetFacts,
+    PlannerFacts,
     InvalidConfig,
     Outcome,
     ParamValue,
@@ -86,7 +86,7 @@ def final_training_of(proposal: Proposal) -> str | None:
 class OfflinePlanner:
     """Seeded, resumable, budget-aware TPE + Hyperband search; a ``PruningPlanner``."""
 
-    def __init__(self, facts: DatasetFacts, target: Target = Target(), *, seed: int = 0,
+    def __init__(self, facts: PlannerFacts, target: Target = Target(), *, seed: int = 0,
                  study_name: str = "offline", max_trials: int | None = None,
                  train_defaults: TrainSpec = TrainSpec(), epochs: tuple[int, int] | None = None,
                  max_params: int = DEFAULT_MAX_PARAMS, n_startup_trials: int = 10,
@@ -182,7 +182,7 @@ class OfflinePlanner:
         if ref in self._pruned:
             return True
         trial = self._pending.get(ref)
-        if trial is None or self.target.direction != "maximize" or not math.isfinite(value):
+        if trial is None or not self.target.maximize or not math.isfinite(value):
             return False  # unknown or finished candidate; val accuracy only guides maximising
         steps = self._reported.setdefault(ref, set())
         if epoch in steps:  # several seeds report the same epoch; the first one counts
@@ -205,14 +205,8 @@ class OfflinePlanner:
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not done:
             return None
-        pick = max if self.target.direction == "maximize" else min
-        trial = pick(done, key=lambda t: t.value)
+        trial = self.target.best(done, lambda t: t.value)
         return float(trial.value), str(trial.user_attrs.get("candidate", trial.number))
-
-    @property
-    def n_proposed(self) -> int:
-        """Trial number the next proposal gets (also the count of search proposals so far)."""
-        return self._next
 
     @property
     def final_proposed(self) -> str | None:
@@ -419,7 +413,7 @@ class OfflinePlanner:
                 continue  # epochs reported live are in the trial already
             reported.add(epoch)
             trial.report(value, epoch)
-            if self.target.direction == "maximize":
+            if self.target.maximize:
                 trial.should_prune()  # records the rungs this epoch completes, as live
         value = self._value(outcome)
         if ref in self._pruned or outcome.pruned:
@@ -460,7 +454,7 @@ class OfflinePlanner:
             self.observe(outcome)
 
 
-def _flips(facts: DatasetFacts, flips: bool | None) -> bool:
+def _flips(facts: PlannerFacts, flips: bool | None) -> bool:
     """Whether the loop will let images be flipped: given, else the dataset's rule."""
     if flips is not None:
         return flips

@@ -36,7 +36,7 @@ from orchestrator.planning.types import (
     AvgPool,
     BatchNorm,
     Conv2d,
-    DatasetFacts,
+    PlannerFacts,
     Dropout,
     Flatten,
     GlobalAvgPool,
@@ -71,7 +71,7 @@ _AUGMENT_TEXT = {"none": "no augmentation", "shift": "random shifts",
                  "crop_flip": "random crops + flips", "crop_flip_erase": "crops + flips + erasing"}
 
 
-def augment_choices(facts: DatasetFacts, flips: bool) -> tuple[str, ...]:
+def augment_choices(facts: PlannerFacts, flips: bool) -> tuple[str, ...]:
     """Augmentations worth searching: none for tables; flips only where they keep labels.
 
     Without flips ``crop_flip`` would only shift (the same as ``shift``), so it is left out
@@ -92,7 +92,7 @@ class SearchSpace:
     kind: str  # "image" | "tabular"
     distributions: dict[str, BaseDistribution]
     starts: tuple[tuple[str, Params], ...]  # (label, point): enqueued as the first trials
-    facts: DatasetFacts
+    facts: PlannerFacts
     min_epochs: int  # shortest useful training: the pruner's first rung, the budget's floor
     max_epochs: int  # what every search trial is planned for
     flips: bool = False  # whether the loop will allow horizontal flips for this dataset
@@ -244,7 +244,7 @@ def _stage_widths(params: Params) -> list[int]:
     return [min(width * 2 ** stage, MAX_CHANNELS) for stage in range(int(params["res_stages"]))]
 
 
-def _build_image(params: Params, facts: DatasetFacts) -> ModelConfig:
+def _build_image(params: Params, facts: PlannerFacts) -> ModelConfig:
     return (_build_resnet(params) if params["block"] == "residual"
             else _build_plain(params, facts))
 
@@ -263,7 +263,7 @@ def _build_resnet(params: Params) -> ModelConfig:
     return ModelConfig(layers=tuple(layers), name=name)
 
 
-def _build_plain(params: Params, facts: DatasetFacts) -> ModelConfig:
+def _build_plain(params: Params, facts: PlannerFacts) -> ModelConfig:
     """Conv stages, each pooled while the map is >= 4x4, then a head."""
     _, h, w = facts.input_shape
     width, layers = int(params["width"]), []
@@ -304,7 +304,7 @@ def _build_tabular(params: Params) -> ModelConfig:
 # ----------------------------------------------------------------- sizing to the data
 
 
-def epoch_range(facts: DatasetFacts) -> tuple[int, int]:
+def epoch_range(facts: PlannerFacts) -> tuple[int, int]:
     """(Shortest useful, planned) epochs: many for small data, few where an epoch is expensive."""
     if facts.is_tabular:
         return (30, 150) if facts.n_train <= 2000 else (10, 60)
@@ -313,7 +313,7 @@ def epoch_range(facts: DatasetFacts) -> tuple[int, int]:
     return (5, 20) if facts.n_train <= 20000 else (3, 12)
 
 
-def _batch_choices(facts: DatasetFacts, options: tuple[int, ...]) -> tuple[int, ...]:
+def _batch_choices(facts: PlannerFacts, options: tuple[int, ...]) -> tuple[int, ...]:
     """Batch sizes that leave at least four steps per epoch (always at least one choice)."""
     fitting = tuple(b for b in options if b * 4 <= max(facts.n_train, 1))
     return fitting or options[:1]
@@ -338,7 +338,7 @@ def max_residual_stages(height: int, width: int) -> int:
     return stages
 
 
-def image_space(facts: DatasetFacts, epochs: tuple[int, int] | None = None, *,
+def image_space(facts: PlannerFacts, epochs: tuple[int, int] | None = None, *,
                 flips: bool = False) -> SearchSpace:
     """The conv-net space (plain and ResNet) for (C, H, W) inputs of ``facts``."""
     _, h, w = facts.input_shape
@@ -388,7 +388,7 @@ def image_space(facts: DatasetFacts, epochs: tuple[int, int] | None = None, *,
     return SearchSpace("image", dists, starts, facts, lo, hi, flips)
 
 
-def tabular_space(facts: DatasetFacts, epochs: tuple[int, int] | None = None) -> SearchSpace:
+def tabular_space(facts: PlannerFacts, epochs: tuple[int, int] | None = None) -> SearchSpace:
     """The MLP space for (F,) inputs of ``facts`` (no augmentation)."""
     lo, hi = epochs or epoch_range(facts)
     batches = _batch_choices(facts, (16, 32, 64, 128, 256))
@@ -409,7 +409,7 @@ def tabular_space(facts: DatasetFacts, epochs: tuple[int, int] | None = None) ->
     return SearchSpace("tabular", dists, (("a known-good MLP", mlp),), facts, lo, hi)
 
 
-def space_for(facts: DatasetFacts, epochs: tuple[int, int] | None = None, *,
+def space_for(facts: PlannerFacts, epochs: tuple[int, int] | None = None, *,
               flips: bool = False) -> SearchSpace:
     """The space that fits the dataset's input shape (``flips``: the dataset allows them)."""
     if facts.is_image:

@@ -17,14 +17,15 @@ Exceptions::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 from msgspec import Meta
 
+from evaluator.metrics import direction as metric_direction
 from orchestrator.exceptions import ResearcherError
-from sandbox_image.protocol import FailureKind, TrainSpec
+from sandbox_image.protocol import AUGMENTS, OPTIMIZERS, PAD_MODES, SCHEDULES, FailureKind, TrainSpec
 
 
 class InvalidConfig(ResearcherError, ValueError):
@@ -138,7 +139,7 @@ def model_config_json_schema() -> dict[str, Any]:
     return msgspec.json.schema(ModelConfig)
 
 
-def _semantic_errors(config: ModelConfig) -> list[str]:
+def semantic_errors(config: ModelConfig) -> list[str]:
     """Checks a schema cannot express (e.g. odd residual kernels)."""
     errors = []
     for i, layer in enumerate(config.layers):
@@ -171,7 +172,7 @@ def parse_model_config(data: bytes | str | Mapping[str, Any] | ModelConfig) -> M
     config = _decode(data, ModelConfig, "model config",
                      "Expected JSON matching model_config_json_schema(), e.g. {\"layers\": "
                      "[{\"type\": \"conv2d\", \"out_channels\": 32}, {\"type\": \"relu\"}]}")
-    errors = _semantic_errors(config)
+    errors = semantic_errors(config)
     if errors:
         raise InvalidConfig("invalid model config: " + "; ".join(errors))
     return config
@@ -179,35 +180,58 @@ def parse_model_config(data: bytes | str | Mapping[str, Any] | ModelConfig) -> M
 
 # ----------------------------------------------------------------- train settings
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-AUGMENTS = ("none", "shift", "crop_flip", "crop_flip_erase")
-SCHEDULES = ("constant", "cosine", "onecycle")
+#: Most training seeds one candidate may run (``--seeds``, the API, the LLM's train settings).
+MAX_SEEDS = 16
+
+#: The one table of TrainSpec's bounds: what a sane run needs of each field (a msgspec
+#: constraint, or the choices of a string). ``_BoundedTrainSpec`` is made from it and
+#: TrainSpec's own fields and defaults; ``parse_train_spec`` decodes through it.
+TRAIN_BOUNDS: dict[str, Any] = {
+    "epochs": Meta(ge=1, le=500),
+    "batch_size": Meta(ge=1, le=4096),
+    "lr": Meta(ge=1e-6, le=1.0),
+    "optimizer": OPTIMIZERS,
+    "weight_decay": Meta(ge=0.0, le=1.0),
+    "momentum": Meta(ge=0.0, lt=1.0),
+    "patience": Meta(ge=0, le=500),
+    "seeds": Meta(min_length=1, max_length=MAX_SEEDS),
+    "time_budget_s": Meta(ge=0.0),
+    "augment": AUGMENTS,
+    "crop_px": Meta(ge=0, le=8),
+    "pad_mode": PAD_MODES,
+    "schedule": SCHEDULES,
+    "warmup_epochs": Meta(ge=0.0, le=50.0),
+    "label_smoothing": Meta(ge=0.0, le=0.3),
+}
 
 
-class _BoundedTrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The fields of TrainSpec with the bounds a sane run needs (mirror, not a message)."""
+def _bounded(name: str, tp: Any) -> Any:
+    bound = TRAIN_BOUNDS.get(name)
+    if bound is None:
+        return tp
+    if isinstance(bound, tuple):
+        return Literal[bound]
+    if name == "seeds":
+        return Annotated[tuple[Annotated[int, Meta(ge=0)], ...], bound]
+    if name == "patience":  # None: the schedule's default
+        return Annotated[int, bound] | None
+    return Annotated[tp, bound]
 
-    epochs: Annotated[int, Meta(ge=1, le=500)] = 10
-    batch_size: Annotated[int, Meta(ge=1, le=4096)] = 64
-    lr: Annotated[float, Meta(ge=1e-6, le=1.0)] = 1e-3
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
-    momentum: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.9
-    patience: Annotated[int, Meta(ge=0, le=500)] | None = None
-    seeds: Annotated[tuple[Annotated[int, Meta(ge=0)], ...], Meta(min_length=1, max_length=16)] = (
-        (0,))
-    time_budget_s: Annotated[float, Meta(ge=0.0)] = 0.0
-    amp: bool = True
-    augment: Literal["none", "shift", "crop_flip", "crop_flip_erase"] = "none"
-    crop_px: Annotated[int, Meta(ge=0, le=8)] = 0
-    pad_mode: Literal["zero", "reflect"] = "reflect"
-    hflip_ok: bool = False
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
-    warmup_epochs: Annotated[float, Meta(ge=0.0, le=50.0)] = 0.0
-    nesterov: bool = False
-    label_smoothing: Annotated[float, Meta(ge=0.0, le=0.3)] = 0.0
-    tta_flip: bool = False
-    channels_last: bool = False
+
+#: The fields of TrainSpec with ``TRAIN_BOUNDS`` (a mirror for decoding, not a message).
+_BoundedTrainSpec = msgspec.defstruct(
+    "_BoundedTrainSpec",
+    [(f.name, _bounded(f.name, f.type), f.default) for f in msgspec.structs.fields(TrainSpec)],
+    frozen=True, kw_only=True, forbid_unknown_fields=True, module=__name__)
+
+
+def seeds_from_count(count: int) -> tuple[int, ...]:
+    """The seeds ``0..count-1`` of ``--seeds COUNT``; UsageError unless 1 <= count <= MAX_SEEDS."""
+    from orchestrator.exceptions import UsageError
+
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SEEDS:
+        raise UsageError(f"--seeds must be between 1 and {MAX_SEEDS}")
+    return tuple(range(count))
 
 
 _TRAIN_HINT = ("Bounds: epochs 1..500, batch_size 1..4096, lr 1e-6..1, optimizer adamw|adam|sgd, "
@@ -215,11 +239,6 @@ _TRAIN_HINT = ("Bounds: epochs 1..500, batch_size 1..4096, lr 1e-6..1, optimizer
                "none|shift|crop_flip|crop_flip_erase, crop_px 0..8, pad_mode zero|reflect, schedule "
                "constant|cosine|onecycle, warmup_epochs 0..50 (below epochs), nesterov with sgd "
                "and momentum > 0 only, label_smoothing 0..0.3")
-
-
-def train_spec_json_schema() -> dict[str, Any]:
-    """JSON schema of the bounded train settings, for LLM structured output."""
-    return msgspec.json.schema(_BoundedTrainSpec)
 
 
 def _train_spec_errors(spec: _BoundedTrainSpec) -> list[str]:
@@ -301,8 +320,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     failure_traceback: str = ""  # trimmed traceback from the sandbox, for repair prompts
 
 
-class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What a planner may know about the data (never the test labels)."""
+class PlannerFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a planner may know about the data (never the test labels): a view of ``DatasetFacts``."""
 
     name: str
     input_shape: tuple[int, ...]  # one example: (C, H, W) for images, (F,) for tables
@@ -311,6 +330,11 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
+
+    @classmethod
+    def of(cls, facts: Any) -> PlannerFacts:
+        """The planner's view of the prepared data's ``evaluator.prepare.DatasetFacts``: these fields only."""
+        return cls(**{name: getattr(facts, name) for name in cls.__struct_fields__})
 
     @property
     def is_image(self) -> bool:
@@ -325,17 +349,11 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 Direction = Literal["maximize", "minimize"]
 
-#: Metrics the loop can score, with their natural direction.
-METRIC_DIRECTIONS: dict[str, Direction] = {
-    "accuracy": "maximize",
-    "f1_macro": "maximize",
-    "f1_weighted": "maximize",
-    "precision_macro": "maximize",
-    "recall_macro": "maximize",
-    "auroc": "maximize",
-    "average_precision": "maximize",
-    "calibration_error": "minimize",
-}
+#: Metrics a target may name, with their direction from the evaluator's one table.
+METRIC_DIRECTIONS: dict[str, Direction] = {name: metric_direction(name) for name in (
+    "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "auroc", "average_precision",
+    "calibration_error",
+)}
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -343,7 +361,30 @@ class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     metric: str = "accuracy"
     threshold: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None  # None = no stop value
-    direction: Direction = "maximize"
+    direction: Direction = "maximize"  # always the metric's own (set from the evaluator's table)
+
+    def __post_init__(self) -> None:
+        # Stored for readers of run.json; the table decides, whatever a file or caller says.
+        msgspec.structs.force_setattr(self, "direction", metric_direction(self.metric))
+
+    @property
+    def maximize(self) -> bool:
+        """True when higher values are better."""
+        return self.direction == "maximize"
+
+    @property
+    def sign(self) -> str:
+        """``>=`` or ``<=``: how a value meets the threshold."""
+        return ">=" if self.maximize else "<="
+
+    def ranked(self, items: Iterable[T], value: Callable[[T], float]) -> list[T]:
+        """``items`` best first by ``value``."""
+        return sorted(items, key=value, reverse=self.maximize)
+
+    def best(self, items: Iterable[T], value: Callable[[T], float]) -> T | None:
+        """The best of ``items`` by ``value`` (the first of equals); None when there are none."""
+        ranked = self.ranked(items, value)
+        return ranked[0] if ranked else None
 
     def better(self, a: float | None, b: float | None) -> bool:
         """True when value ``a`` is strictly better than ``b``; None is the worst value."""
@@ -351,18 +392,18 @@ class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             return False
         if b is None:
             return True
-        return a > b if self.direction == "maximize" else a < b
+        return a > b if self.maximize else a < b
 
     def reached(self, value: float | None) -> bool:
         """True when ``value`` meets the threshold (never for None or no threshold)."""
         if value is None or self.threshold is None:
             return False
-        return value >= self.threshold if self.direction == "maximize" else value <= self.threshold
+        return value >= self.threshold if self.maximize else value <= self.threshold
 
     @property
     def worst(self) -> float:
         """Stand-in value for a failed candidate, worse than any real one."""
-        return -math.inf if self.direction == "maximize" else math.inf
+        return -math.inf if self.maximize else math.inf
 
 
 @runtime_checkable

@@ -14,12 +14,13 @@ from orchestrator.registry.records import (
     higher_is_better,
     metric_summary,
 )
-from orchestrator.registry.settings import RunSettings, redact_url
+from orchestrator.registry.settings import LLMConfig, RunSettings, redact_url
 from orchestrator.registry.store import Registry, best_of
 
 __all__ = [
     "CandidateRecord",
     "EventRecord",
+    "LLMConfig",
     "Registry",
     "RunInfo",
     "RunPaths",

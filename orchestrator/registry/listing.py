@@ -40,7 +40,7 @@ def summarise(run_dir: Path) -> RunSummary:
 
 
 def _summary(registry: Registry) -> RunSummary:
-    run = registry.run()
+    run = registry.run_info()
     settings = run.settings
     records = registry.candidates()
     best = registry.best()

@@ -8,8 +8,9 @@ from typing import Any, Literal
 import msgspec
 
 from evaluator.dynamics import Dynamics
-from evaluator.metrics import LOWER_IS_BETTER, MetricSummary, Scores
-from orchestrator.planning.types import METRIC_DIRECTIONS, Outcome, Proposal
+from evaluator.metrics import MetricSummary, Scores
+from evaluator.metrics import higher_is_better as higher_is_better
+from orchestrator.planning.types import Outcome, Proposal
 from orchestrator.registry.settings import RunSettings
 from sandbox_image.protocol import CheckReport, EpochStats, Failure
 
@@ -18,13 +19,6 @@ RunStatus = Literal["running", "finished", "interrupted", "failed"]
 
 #: Statuses of a candidate whose evaluation is over.
 FINISHED = ("passed", "failed")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of ``metric``: the planner's table first, then the evaluator's."""
-    if metric in METRIC_DIRECTIONS:
-        return METRIC_DIRECTIONS[metric] == "maximize"
-    return metric not in LOWER_IS_BETTER
 
 
 def metric_summary(scores: Scores | None, metric: str) -> MetricSummary | None:

@@ -149,10 +149,10 @@ class Registry:
     def settings(self) -> RunSettings:
         """The run's settings."""
         if self._settings is None:
-            self._settings = self.run().settings
+            self._settings = self.run_info().settings
         return self._settings
 
-    def run(self) -> RunInfo:
+    def run_info(self) -> RunInfo:
         """The run row: settings, status, times, dataset facts."""
         row = self._query("SELECT * FROM run WHERE id = 1")
         if not row:
@@ -290,7 +290,7 @@ class Registry:
     def export_json(self) -> Path:
         """Write ``experiments/registry.json`` (the whole registry) atomically; return its path."""
         with self._mutex:
-            run = self.run()
+            run = self.run_info()
             document = {
                 "format": "pytorch-researcher registry", "schema_version": schema.SCHEMA_VERSION,
                 "name": self.paths.name, "run": run, "candidates": self.candidates(),
@@ -317,7 +317,7 @@ class Registry:
     def _maximize(self, metric: str | None) -> bool:
         target = self.settings.target
         if metric is None or metric == target.metric:
-            return target.direction == "maximize"
+            return target.maximize
         return higher_is_better(metric)
 
     def _refresh_files(self, record: CandidateRecord) -> None:
@@ -329,7 +329,7 @@ class Registry:
 
     def _recover(self) -> None:
         """After a crash: fail unfinished candidates, log it, rebuild derived files."""
-        run = self.run()
+        run = self.run_info()
         with self._tx() as conn:
             stale = conn.execute("SELECT id, status FROM candidates "
                                  "WHERE status IN ('queued', 'running') ORDER BY seq").fetchall()

@@ -90,13 +90,12 @@ class ReportData:
 
 def gather(registry: Registry) -> ReportData:
     """Collect a report's content from an open registry."""
-    run = registry.run()
+    run = registry.run_info()
     metric = run.settings.metric
-    maximize = run.settings.target.direction == "maximize"
+    maximize = run.settings.target.maximize
     records = registry.candidates()
-    scored = [r for r in records if r.value(metric) is not None]
-    leaderboard = sorted(scored, key=lambda r: (-r.value(metric) if maximize else r.value(metric),  # type: ignore[operator]
-                                                r.seq))
+    scored = sorted((r for r in records if r.value(metric) is not None), key=lambda r: r.seq)
+    leaderboard = run.settings.target.ranked(scored, lambda r: r.value(metric))  # stable: ties keep seq order
     events = registry.events()
     return ReportData(
         paths=registry.paths, run=run, metric=metric, maximize=maximize, records=records,

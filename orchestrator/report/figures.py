@@ -53,7 +53,7 @@ def with_figures(data: ReportData) -> ReportData:
 
 def time_to_accuracy(data: ReportData) -> list[Progress]:
     """Best-so-far after each finished candidate, in the order they finished (chosen on selection)."""
-    maximize = data.run.settings.target.direction == "maximize"
+    maximize = data.run.settings.target.maximize
     done = sorted((r for r in data.records if r.finished is not None and r.value(data.metric) is not None),
                   key=lambda r: r.finished)
     points: list[Progress] = []

@@ -172,8 +172,7 @@ def run_lines(data: ReportData) -> list[tuple[str, str]]:
     s = data.run.settings
     finished = data.count("passed") + data.count("pruned") + data.count("failed")
     rate = f"{finished / (data.wall_s / 60):.2f}" if data.wall_s and finished else "–"
-    planner = s.planner + (f" ({s.llm_model or 'default model'} at {s.llm_base_url})"
-                           if s.planner == "llm" else "")
+    planner = s.planner + (f" ({s.llm.model or 'default model'} at {s.llm.base_url})" if s.llm else "")
     budgets = [f"{s.max_candidates} candidates" if s.max_candidates else "",
                seconds(s.time_budget_s) if s.time_budget_s else ""]
     return [
@@ -182,7 +181,7 @@ def run_lines(data: ReportData) -> list[tuple[str, str]]:
         ("planner", planner),
         ("budget", ", ".join(b for b in budgets if b) or "none"),
         ("seeds", ", ".join(map(str, s.seeds))),
-        ("device / runtime", f"{s.device} / {s.runtime}"),
+        ("device / runtime", f"{s.device} / {s.sandbox.container_runtime}"),
         ("started", when(data.run.started)),
         ("wall time (running)", seconds(data.wall_s)),
         ("candidates", f"{len(data.records)} ({data.count('passed')} passed, {data.count('pruned')} pruned, "

@@ -18,10 +18,10 @@ import msgspec
 import zmq
 
 from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
+from orchestrator.sandbox.config import SOCKET_NAME
 from orchestrator.sandbox.jobsroot import chmod_socket
 from sandbox_image.protocol import Bye, Job, WorkerMessage, encoder, worker_decoder
 
-SOCKET_NAME = "worker.sock"
 #: Frames ZeroMQ may queue for the host before the worker's sends block.
 RECEIVE_HWM = 16
 

@@ -19,8 +19,10 @@ DEVICES = ("cpu", "cuda")
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 #: Longest unix socket path (sockaddr_un.sun_path is 108 bytes with the NUL); ZeroMQ refuses longer.
 MAX_SOCKET_PATH = 107
+#: The worker's socket in its job directory (``/job/`` inside a container).
+SOCKET_NAME = "worker.sock"
 #: What a job adds below the jobs directory: runner.make_job_dir's mkdtemp name and the socket.
-JOB_SOCKET_TAIL = "/researcher-job-XXXXXXXX/worker.sock"
+JOB_SOCKET_TAIL = f"/researcher-job-XXXXXXXX/{SOCKET_NAME}"
 
 
 #: CPU weight (docker ``cpu_shares``; the default is 1024) of a warm-pool slot until it has a job.
@@ -56,7 +58,7 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     pids: int = 256  # process/thread cap (fork bombs)
     tmpfs_size: str = "256m"  # size of the writable /tmp (counts against memory)
     nofile: int = 1024  # open-file limit
-    runtime: str = "runc"  # runc (default) or runsc (gVisor)
+    container_runtime: str = "runc"  # Docker's OCI runtime: runc (default) or runsc (gVisor); not the backend
     device: str = "cpu"  # cpu or cuda (one GPU per container)
     gpu: str | None = None  # GPU index or UUID for cuda; None = any one
     gpus: tuple[str, ...] = ()  # GPUs the warm pool spreads cuda sandboxes over, round-robin (sets gpu)
@@ -89,8 +91,8 @@ def validate(config: SandboxConfig) -> SandboxConfig:
         problems.append(f"--cpus {config.cpus} must be > 0")
     if config.pids < 16:
         problems.append(f"pids limit {config.pids} is too low for Python (use >= 16)")
-    if config.runtime not in RUNTIMES:
-        problems.append(f"--runtime {config.runtime!r} must be one of {', '.join(RUNTIMES)}")
+    if config.container_runtime not in RUNTIMES:
+        problems.append(f"--runtime {config.container_runtime!r} must be one of {', '.join(RUNTIMES)}")
     if config.device not in DEVICES:
         problems.append(f"--device {config.device!r} must be one of {', '.join(DEVICES)}")
     if config.timeout_s <= 0:

@@ -25,13 +25,12 @@ from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from orchestrator.exceptions import SandboxError, SandboxUnavailable
 from orchestrator.sandbox.base import ExitStatus, Mounts
-from orchestrator.sandbox.config import JOB_CPU_SHARES, STANDBY_CPU_SHARES, SandboxConfig
+from orchestrator.sandbox.config import JOB_CPU_SHARES, SOCKET_NAME, STANDBY_CPU_SHARES, SandboxConfig
 
 LABEL_ROLE = "org.pytorch-researcher.role"
 LABEL_JOB = "org.pytorch-researcher.job"
 LABEL_OWNER = "org.pytorch-researcher.owner"  # "<hostname>:<pid>" of the orchestrator
 ROLE_SANDBOX = "sandbox"
-SOCKET_NAME = "worker.sock"
 
 
 def owner_id() -> str:
@@ -89,9 +88,9 @@ def container_kwargs(job_id: str, job_dir: Path, data_dir: Path | None, config: 
         hostname="sandbox",
         labels={**(labels or {}), LABEL_ROLE: ROLE_SANDBOX, LABEL_JOB: job_id, LABEL_OWNER: owner_id()},
         name=f"researcher-{job_id}",
-        runtime=config.runtime,  # named even for runc: the engine's default may be nvidia's
+        runtime=config.container_runtime,  # named even for runc: the engine's default may be nvidia's
     )
-    if config.warm_up and config.runtime == "runc":  # a pool slot: its start-up takes only CPU jobs leave idle
+    if config.warm_up and config.container_runtime == "runc":  # a pool slot: its start-up takes only CPU jobs leave idle
         # (runsc has no `update`: a gVisor container would keep the low weight for its job too)
         kwargs["cpu_shares"] = STANDBY_CPU_SHARES
     if config.device == "cuda":
@@ -128,9 +127,9 @@ def _explain_create_error(exc: docker.errors.DockerException, config: SandboxCon
             "--device cuda needs a GPU and the NVIDIA container toolkit on the Docker host "
             f"({text[:200]}). Install nvidia-container-toolkit and restart dockerd, or use --device cpu."
         )
-    if "unknown or invalid runtime" in text or "runtime" in text and config.runtime != "runc":
+    if "unknown or invalid runtime" in text or "runtime" in text and config.container_runtime != "runc":
         return SandboxUnavailable(
-            f"Docker has no runtime {config.runtime!r} ({text[:200]}). Install gVisor (`apt-get "
+            f"Docker has no runtime {config.container_runtime!r} ({text[:200]}). Install gVisor (`apt-get "
             "install runsc`) and register it in /etc/docker/daemon.json with runtimeArgs "
             "[\"--network=none\", \"--host-uds=open\"] (scripts/setup.sh does this), or use --runtime runc."
         )
@@ -273,7 +272,7 @@ class DockerSandbox(ContainerWatch):
 
 
 def _config_from(kwargs: dict) -> SandboxConfig:
-    return SandboxConfig(image=kwargs["image"], runtime=kwargs.get("runtime", "runc"))
+    return SandboxConfig(image=kwargs["image"], container_runtime=kwargs.get("runtime", "runc"))
 
 
 class DockerBackend:

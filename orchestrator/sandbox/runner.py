@@ -27,6 +27,7 @@ from orchestrator.sandbox.base import Backend, ExitStatus, Sandbox
 from orchestrator.sandbox.channel import Channel
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.jobsroot import default_jobs_root, ensure_jobs_root
+from orchestrator.sandbox.validate import validate_logits
 from sandbox_image.protocol import (
     ALLOWED_DTYPES,
     PROTOCOL_VERSION,
@@ -372,8 +373,6 @@ class _Session:
         if msg.dtype not in ALLOWED_DTYPES:
             raise ProtocolViolation(f"logits dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
         if self.n_test is not None:
-            from evaluator.metrics import validate_logits  # heavy import, only when training
-
             self.result.logits[msg.seed] = validate_logits(msg.logits, msg.dtype, msg.shape, self.n_test, job.num_classes)
 
     def _check_done(self, job: Job) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from evaluator import datasets
 from evaluator.datasets import available_datasets, load_dataset
-from orchestrator.exceptions import DataError, UsageError
+from evaluator.errors import DataError, UsageError
 
 # ------------------------------------------------------------------ writers of real formats
 

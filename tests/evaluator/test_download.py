@@ -28,7 +28,7 @@ import pytest
 from evaluator import download
 from evaluator.datasets import load_dataset
 from evaluator.download import ChecksumError, DownloadError, Remote, Source, cache_dir, ensure, fetch
-from orchestrator.exceptions import DataError, UsageError
+from evaluator.errors import DataError, UsageError
 
 # ------------------------------------------------------------------ tiny files in the real formats
 

@@ -12,15 +12,14 @@ from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
 from evaluator.metrics import (
-    Metric,
+    DIRECTIONS,
     Scores,
+    direction,
     default_top_k,
     score_logits,
     score_seeds,
-    validate_logits,
 )
 from evaluator.stats import interval, t_critical
-from orchestrator.exceptions import ProtocolViolation
 
 N, C = 400, 6
 
@@ -133,7 +132,6 @@ def test_scores_round_trip_through_json(labels: np.ndarray) -> None:
     decoded = msgspec.json.decode(msgspec.json.encode(scores), type=Scores)
     assert decoded == scores
     assert msgspec.json.decode(msgspec.json.encode(scores.to_dict()))["metrics"]["nll"]["higher_is_better"] is False
-    assert scores.metric("accuracy").value == pytest.approx(scores.metrics["accuracy"].mean)
 
 
 def test_t_critical_matches_scipy_with_and_without_it() -> None:
@@ -148,49 +146,15 @@ def test_t_critical_matches_scipy_with_and_without_it() -> None:
         t_critical(0)
 
 
-def test_metric_knows_its_direction() -> None:
-    assert Metric("accuracy", 0.9) > Metric("accuracy", 0.8)
-    assert Metric("nll", 0.2, higher_is_better=False) > Metric("nll", 0.5, higher_is_better=False)
-    assert Metric("accuracy", 0.0) > Metric.failed("accuracy")
-    assert Metric.failed("nll") < Metric("nll", 1e9, higher_is_better=False)
-    assert Metric.failed("nll").higher_is_better is False
-    ranked = sorted([Metric("accuracy", 0.5), Metric.failed(), Metric("accuracy", 0.7)], reverse=True)
-    assert [m.value for m in ranked] == [0.7, 0.5, None]
-    assert max([Metric("accuracy", math.nan), Metric("accuracy", 0.1)]).value == 0.1
-    with pytest.raises(TypeError):
-        _ = Metric("accuracy", 0.9) > Metric("nll", 0.1, higher_is_better=False)
+def test_every_scored_metric_takes_its_direction_from_the_one_table() -> None:
+    labels = np.random.default_rng(0).integers(0, C, N)
+    scores = score_seeds({0: _logits(0, labels)}, labels, [str(i) for i in range(C)])
+    assert set(scores.metrics) - set(DIRECTIONS) == {"top3_accuracy"}  # top-k: maximised, by rule
+    assert direction("auroc") == direction("top3_accuracy") == "maximize"  # a target's name: the macro's
+    for name, summary in scores.metrics.items():
+        assert summary.higher_is_better == (direction(name) == "maximize"), name
+    assert {n for n, d in DIRECTIONS.items() if d == "minimize"} == {"calibration_error", "nll"}
 
 
 def test_default_top_k() -> None:
     assert [default_top_k(c) for c in (2, 3, 4, 10, 11, 100)] == [None, None, 3, 3, 5, 5]
-
-
-# ------------------------------------------------------------------ validate_logits
-
-
-def test_validate_logits_accepts_each_allowed_dtype() -> None:
-    base = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
-    for dtype in ("<f4", "<f2", "<f8"):
-        out = validate_logits(base.astype(dtype).tobytes(), dtype, (4, 3), 4, 3)
-        assert out.dtype == np.float32 and out.shape == (4, 3)
-        np.testing.assert_allclose(out, base, atol=1e-3)
-        assert out.flags.writeable  # a private copy, not a view of the message buffer
-
-
-@pytest.mark.parametrize(
-    ("payload", "dtype", "shape", "needle"),
-    [
-        (np.zeros((4, 3), "<f4").tobytes(), "<i4", (4, 3), "dtype"),
-        (np.zeros((4, 3), ">f4").tobytes(), ">f4", (4, 3), "dtype"),
-        (np.zeros((4, 3), "<f4").tobytes(), "<f4", (3, 4), "shape"),
-        (np.zeros((4, 2), "<f4").tobytes(), "<f4", (4, 2), "shape"),
-        (np.zeros((4, 3), "<f4").tobytes()[:-4], "<f4", (4, 3), "bytes"),
-        (np.full((4, 3), np.nan, "<f4").tobytes(), "<f4", (4, 3), "NaN"),
-        (np.array([[np.inf, 0, 0]] * 4, "<f4").tobytes(), "<f4", (4, 3), "NaN"),
-        (np.full((4, 3), 1e300, "<f8").tobytes(), "<f8", (4, 3), "NaN"),
-    ],
-    ids=["int", "big-endian", "transposed", "classes", "short", "nan", "inf", "f8-overflow"],
-)
-def test_validate_logits_rejects(payload: bytes, dtype: str, shape: tuple[int, int], needle: str) -> None:
-    with pytest.raises(ProtocolViolation, match=needle):
-        validate_logits(payload, dtype, shape, 4, 3)

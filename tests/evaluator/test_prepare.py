@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 from evaluator.datasets import RawDataset, load_dataset
 from evaluator.prepare import DatasetFacts, prepare
 from evaluator.recipe import load_arrays
-from orchestrator.exceptions import DataError, UsageError
+from evaluator.errors import DataError, UsageError
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Test backends built on the (UNSAFE, local) subprocess backend."""
 
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 
 
 class CountingBackend(SubprocessBackend):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.image import project_root
+from orchestrator.sandbox.image import project_root
 from orchestrator.launcher.cli import config_from_args
 from orchestrator.launcher.config import validate as validate_launcher
 from orchestrator.launcher.server import LABEL_LAUNCHER

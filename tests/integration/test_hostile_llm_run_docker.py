@@ -95,7 +95,7 @@ def test_a_run_driven_by_a_hostile_llm_finishes_and_records_every_candidate(dock
     [run] = list_runs(tmp_path / "runs")
     run_dir = tmp_path / "runs" / run.name
     with Registry.open(run_dir, readonly=True) as registry:
-        assert registry.run().status == "finished"
+        assert registry.run_info().status == "finished"
         records = registry.candidates()
     assert len(records) == len(ATTACKS) + 2
     assert all(r.status in ("passed", "failed") for r in records)

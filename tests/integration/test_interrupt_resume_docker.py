@@ -18,12 +18,12 @@ def test_interrupt_mid_run_then_resume(docker_client, tmp_path):
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", "--dataset", "iris", "--max-candidates", "3",
            "--seeds", "2", "--cpus", "1", "--runs-dir", str(tmp_path), "--name", "r"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    db = tmp_path / "r" / "experiments" / "registry.sqlite"
+    ready = tmp_path / "r" / "run.json"  # written once the registry's schema and run row are in
     deadline = time.monotonic() + 120
     started = False
     while time.monotonic() < deadline and not started:
         time.sleep(0.3)
-        if db.exists():
+        if ready.exists():
             with Registry.open(tmp_path / "r", readonly=True) as registry:
                 started = any(c.status == "running" for c in registry.candidates())
     assert started, "no candidate started"
@@ -34,7 +34,7 @@ def test_interrupt_mid_run_then_resume(docker_client, tmp_path):
     owner = f"{__import__('socket').gethostname()}:{proc.pid}"
     assert docker_client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={owner}"]}) == []
     with Registry.open(tmp_path / "r", readonly=True) as registry:
-        assert registry.run().status == "interrupted"
+        assert registry.run_info().status == "interrupted"
         before = registry.candidates()
 
     resumed = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(tmp_path / "r")],
@@ -42,7 +42,7 @@ def test_interrupt_mid_run_then_resume(docker_client, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     with Registry.open(tmp_path / "r", readonly=True) as registry:
         after = registry.candidates()
-        assert registry.run().status == "finished"
+        assert registry.run_info().status == "finished"
     # everything recorded before the interrupt is still there, unchanged where it had finished
     for old in before:
         new = next(c for c in after if c.id == old.id)
@@ -50,3 +50,19 @@ def test_interrupt_mid_run_then_resume(docker_client, tmp_path):
             assert (new.status, new.mean) == (old.status, old.mean)
     counted = [c for c in after if not (c.failure and c.failure.message.startswith("interrupted"))]
     assert len(counted) == 3
+
+
+def test_a_run_made_before_the_settings_were_typed_resumes(docker_client, tmp_path):
+    """The run.json and registry of the untyped-settings version (tests/registry/fixtures/old-run) resume."""
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "old"
+    shutil.copytree(Path(__file__).parents[1] / "registry" / "fixtures" / "old-run", run)
+    resumed = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(run)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    with Registry.open(run, readonly=True) as registry:
+        assert registry.run_info().status == "finished"
+        assert [c.status for c in registry.candidates()] == ["passed"]
+        assert registry.settings.sandbox.timeout_s == 900.0  # the old run's, not SandboxConfig's default

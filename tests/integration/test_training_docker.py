@@ -10,7 +10,7 @@ import torch
 from orchestrator import cli
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.runner import new_job_id, run_job
-from orchestrator.training import load_prepared
+from orchestrator.evaluation import load_prepared
 from sandbox_image.protocol import Job, TrainSpec
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

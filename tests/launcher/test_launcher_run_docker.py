@@ -25,19 +25,14 @@ from orchestrator.launcher.server import LABEL_LAUNCHER
 from orchestrator.sandbox.channel import Channel
 from orchestrator.sandbox.config import DEFAULT_IMAGE, SandboxConfig
 from orchestrator.sandbox.docker import container_kwargs
-from orchestrator.sandbox.runner import new_job_id, run_job
-from sandbox_image.protocol import DEFAULT_MAX_MESSAGE_BYTES, Job, Ready
+from sandbox_image.protocol import DEFAULT_MAX_MESSAGE_BYTES, Ready
 from tests.sandbox.harness import (
-    HOSTILE,
     SECRET,
-    Heartbeat,
     Outcome,
     Watch,
     WatchedSandbox,
-    _leftovers,
-    _reset_peak_rss,
-    _status_kb,
     assert_contained,
+    run_model,
 )
 from tests.sandbox.test_hostile import CASES, HANG_S, QUICK_S
 from tests.sandbox.test_isolation import NOBODY, REFUSED, _assert_only_loopback
@@ -228,25 +223,11 @@ def launcher_run(served, docker_client, sandboxes_of, dirs_in):
 
     def run(model: str, *, timeout_s: float, memory: str = "512m", data_dir: Path | None = None) -> Outcome:
         config = SandboxConfig(timeout_s=timeout_s, memory=memory, startup_timeout_s=60.0)
-        job = Job(job_id=new_job_id(), source=(HOSTILE / f"{model}.py").read_text(), class_name="Net",
-                  input_shape=(1, 8, 8), num_classes=10)
         backend = WatchedLauncherBackend(served.address, docker_client)
         try:
-            exact_peak = _reset_peak_rss()
-            rss_before = _status_kb("VmRSS")
-            start = time.monotonic()
-            with Heartbeat() as beat:
-                result = run_job(backend, job, config, data_dir=data_dir)
-            wall = time.monotonic() - start
-            peak = _status_kb("VmHWM") if exact_peak else _status_kb("VmRSS")
+            outcome = run_model(docker_client, model, config, data_dir, backend=backend)
         finally:
             backend.close()
-        ping_start = time.monotonic()
-        docker_client.ping()
-        outcome = Outcome(model=model, result=result, watch=backend.watches[job.job_id], wall_s=wall,
-                          max_heartbeat_gap_s=beat.max_gap, rss_growth_mb=(peak - rss_before) / 1024,
-                          fd_growth=beat.max_fds - beat.base_fds, leftovers=_leftovers(docker_client, job.job_id),
-                          ping_s=time.monotonic() - ping_start)
         assert outcome.watch.container_id, "the launcher's container was never seen"
         assert outcome.watch.config["Labels"].get("org.pytorch-researcher.launcher") == str(served.launcher.root)
         assert sandboxes_of(served.launcher.root) == [] and dirs_in(served.launcher.root) == []

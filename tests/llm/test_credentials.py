@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from orchestrator import cli, research
 from orchestrator.llm import LLMBadResponse, LLMCall, LLMClient, LLMError, RetryPolicy
 from orchestrator.llm.urls import InsecureCredentialsWarning, Scrubber, plain_http_warning, redact_url
-from orchestrator.planning.types import DatasetFacts, Target
-from orchestrator.registry import Registry, RunSettings
+from orchestrator.planning.types import PlannerFacts, Target
+from orchestrator.registry import LLMConfig, Registry, RunSettings
 from sandbox_image.protocol import Failure, FailureKind, Stage
 from tests.fakes.scripted import ScriptedBackend
 
@@ -31,7 +31,7 @@ BASE = f"http://llm-user:{PASSWORD}@127.0.0.1:9/v1?key={QUERY_KEY}"
 KEY_ONLY = f"http://127.0.0.1:9/v1?key={QUERY_KEY}"  # so that the API key goes as a Bearer
 BASIC = "Basic " + base64.b64encode(f"llm-user:{PASSWORD}".encode()).decode()
 SECRETS = (PASSWORD, QUERY_KEY, API_KEY, f"llm-user:{PASSWORD}")
-IRIS = DatasetFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90, n_val=30, n_test=30)
+IRIS = PlannerFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90, n_val=30, n_test=30)
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
@@ -271,7 +271,7 @@ def test_a_run_stores_and_shows_no_credential(base: str, authorization: str, tmp
     assert all(r.url.params["key"] == QUERY_KEY and r.headers["authorization"] == authorization
                for r in seen), "the credentials were sent"
     with Registry.open(tmp_path / "r", readonly=True) as registry:
-        assert registry.settings.llm_base_url == "http://127.0.0.1:9/v1"
+        assert registry.settings.llm.base_url == "http://127.0.0.1:9/v1"
         calls, events = registry.llm_calls(), registry.events()
         assert len(registry.candidates()) == 2
     assert len(calls) == len(seen)
@@ -291,8 +291,8 @@ def test_a_run_stores_and_shows_no_credential(base: str, authorization: str, tmp
 def test_a_resume_takes_the_whole_url_from_the_flag_or_the_environment(tmp_path: Path, monkeypatch,
                                                                         clean_env):
     run = tmp_path / "r"
-    Registry.create(run, RunSettings(goal="g", dataset="iris", planner="llm",
-                                     llm_base_url=BASE, llm_model="m")).close()
+    Registry.create(run, RunSettings(goal="g", dataset="iris",
+                                     llm=LLMConfig(base_url=BASE, model="m"))).close()
     taken: list[research.Secrets] = []
     monkeypatch.setattr(research, "resume_run", lambda run_dir, **kw: taken.append(kw["secrets"]) or 0)
     assert cli.main(["resume", str(run), "--llm-base-url", BASE]) == 0
@@ -304,7 +304,7 @@ def test_a_resume_takes_the_whole_url_from_the_flag_or_the_environment(tmp_path:
     assert not leaks(repr(taken[0]))
     with Registry.open(run, readonly=True) as registry:
         settings_ = registry.settings
-    assert settings_.llm_base_url == "http://127.0.0.1:9/v1"  # stored redacted
+    assert settings_.llm.base_url == "http://127.0.0.1:9/v1"  # stored redacted
     # make_planner: the whole URL from Secrets when given, else the stored one
     for secrets, url in [(taken[0], "http://llm-user:" + PASSWORD), (taken[2], "http://127.0.0.1")]:
         with Registry.open(run) as registry:
@@ -328,7 +328,7 @@ def test_the_cli_warns_once_on_one_line_for_a_key_over_plain_http(monkeypatch, c
 def test_settings_never_hold_the_credentials(clean_env) -> None:
     args = cli.build_parser().parse_args(["run", "--llm-base-url", BASE])
     stored = research.settings_from_args(args, Target())
-    assert stored.llm_base_url == "http://127.0.0.1:9/v1" and stored.planner == "llm"
+    assert stored.llm.base_url == "http://127.0.0.1:9/v1" and stored.planner == "llm"
 
 
 def test_a_bad_url_is_a_usage_error_before_the_run_and_says_no_secret(clean_env) -> None:

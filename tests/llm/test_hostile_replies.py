@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 from orchestrator.llm import LLMBadResponse, LLMCall, LLMClient, RetryPolicy, extract_json_object
 from orchestrator.llm.schema import coerce_to_schema
 from orchestrator.planning.llm import LLMAssembler, LLMPlanner
-from orchestrator.planning.types import DatasetFacts, InvalidConfig, Outcome, Proposal, Target
+from orchestrator.planning.types import PlannerFacts, InvalidConfig, Outcome, Proposal, Target
 from sandbox_image.protocol import FailureKind
 from tests.llm.hostile import ANSWER, GOOD_SOURCE, Answer
 
-DIGITS = DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1347,
+DIGITS = PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1347,
                       n_val=225, n_test=225)
-IRIS = DatasetFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90, n_val=30, n_test=30)
+IRIS = PlannerFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90, n_val=30, n_test=30)
 PROFILE = dict(deadline=None, database=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CORRECTION = "That reply cannot be used:"
@@ -66,7 +66,7 @@ class Flaky:
         pass
 
 
-def make_planner(script: Script, calls: list[LLMCall], *, facts: DatasetFacts, mode: str,
+def make_planner(script: Script, calls: list[LLMCall], *, facts: PlannerFacts, mode: str,
                  fallback: object) -> LLMPlanner:
     client = LLMClient("http://llm.test/v1", "m", transport=httpx.MockTransport(script),
                        recorder=calls.append, sleep=lambda s: None,
@@ -79,7 +79,7 @@ def user_text(request: httpx.Request) -> str:
     return json.loads(request.content)["messages"][-1]["content"]
 
 
-def assert_sound(proposal: Proposal, facts: DatasetFacts) -> None:
+def assert_sound(proposal: Proposal, facts: PlannerFacts) -> None:
     """A proposal the loop can store and run: encodable, parsable, in bounds."""
     msgspec.json.encode(proposal)  # no lone surrogate, nothing the registry cannot write
     assert proposal.class_name.isidentifier()

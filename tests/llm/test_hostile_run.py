@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from orchestrator import research
 from orchestrator.planning.types import Target
-from orchestrator.registry import Registry, RunSettings
+from orchestrator.registry import LLMConfig, Registry, RunSettings
 from orchestrator.research import Secrets, start_run
 from orchestrator.sandbox.config import SandboxConfig
 from sandbox_image.protocol import Failure, FailureKind, Stage
@@ -78,9 +78,8 @@ def test_a_run_against_any_llm_finishes_and_records_every_candidate(answers, tmp
         settings_ = RunSettings(
             goal="iris classifier", name="r", dataset="iris", seeds=(0,),
             max_candidates=CANDIDATES, time_budget_s=600.0,
-            target=Target(metric="accuracy", threshold=None), planner="llm",
-            llm_base_url=server.base_url, llm_model="fake",
-            extra={"llm_mode": "source", "llm_timeout": 10.0})
+            target=Target(metric="accuracy", threshold=None), 
+            llm=LLMConfig(base_url=server.base_url, model="fake", mode="source", timeout_s=10.0))
         code = start_run(settings_, root=root, config=CONFIG,
                          secrets=Secrets(llm_base_url=server.base_url),
                          backend_factory=lambda: ScriptedBackend(forward_error))
@@ -88,7 +87,7 @@ def test_a_run_against_any_llm_finishes_and_records_every_candidate(answers, tmp
     capsys.readouterr()
     assert code == 0
     with Registry.open(root / "r", readonly=True) as registry:
-        run, records, events = registry.run(), registry.candidates(), registry.events()
+        run, records, events = registry.run_info(), registry.candidates(), registry.events()
         calls = registry.llm_calls()
     assert run.status == "finished" and "candidate budget spent" in run.message
     assert len(records) == CANDIDATES

@@ -19,14 +19,14 @@ import pytest
 from orchestrator.llm import FormatMode, LLMCall, LLMClient, RetryPolicy, extract_json_object
 from orchestrator.planning.assembler import analyze
 from orchestrator.planning.llm import LLMPlanner
-from orchestrator.planning.types import DatasetFacts, Target
+from orchestrator.planning.types import PlannerFacts, Target
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "llama_server.sh"
 SETUP_TIMEOUT_S = 1800  # a first run compiles llama.cpp
-DIGITS = DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1347,
+DIGITS = PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1347,
                       n_val=225, n_test=225)
 MAX_TRIES = 4
 
@@ -128,7 +128,7 @@ def test_a_short_researcher_run_against_the_real_server(llama_url: str, docker_c
     with Registry.open(tmp_path / "llm", readonly=True) as registry:
         records = registry.candidates()
         calls = registry.llm_calls()
-        assert registry.settings.planner == "llm" and registry.run().status == "finished"
+        assert registry.settings.planner == "llm" and registry.run_info().status == "finished"
     assert len(records) == 2 and all(r.status in ("passed", "failed") for r in records)
     assert calls and all(c.model == "smollm2" for c in calls)
     assert any(c.status == 200 and c.response for c in calls)  # the server answered at least once

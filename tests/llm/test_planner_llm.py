@@ -12,7 +12,7 @@ from orchestrator.llm import FormatMode, LLMClient, RetryPolicy
 from orchestrator.planning.llm import LLMAssembler, LLMPlanner, TrainBounds, default_config
 from orchestrator.planning.types import (
     Conv2d,
-    DatasetFacts,
+    PlannerFacts,
     Linear,
     Outcome,
     Planner,
@@ -22,9 +22,9 @@ from orchestrator.planning.types import (
 from sandbox_image.protocol import FailureKind, TrainSpec
 from tests.fakes.fake_llm_server import FakeLLMServer, Reply
 
-DIGITS = DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1347,
+DIGITS = PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1347,
                       n_val=225, n_test=225)
-IRIS = DatasetFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90, n_val=30, n_test=30)
+IRIS = PlannerFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90, n_val=30, n_test=30)
 TARGET = Target(metric="accuracy", threshold=0.98)
 GOAL = "train a CNN on digits to 98% accuracy"
 GOOD = {
@@ -66,7 +66,7 @@ def slept() -> Iterator[list[float]]:
         _CLIENTS.pop().close()
 
 
-def planner_for(srv: FakeLLMServer, slept: list[float], facts: DatasetFacts = DIGITS,
+def planner_for(srv: FakeLLMServer, slept: list[float], facts: PlannerFacts = DIGITS,
                 timeout: float = 5.0, **kwargs) -> LLMPlanner:
     client = LLMClient(srv.base_url, "fake-model", timeout=timeout, sleep=slept.append,
                        retry=RetryPolicy(max_retries=kwargs.pop("max_retries", 2), base_s=0.01))

@@ -1,7 +1,7 @@
 """`researcher bench` runs the same set three ways and reports figures (not timed assertions)."""
 
 from orchestrator.bench import bench
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 
 
 def test_bench_reports_every_figure_for_each_mode():

@@ -126,7 +126,7 @@ def test_goal_and_flag_that_disagree_exit_2_naming_both(cache: Path, started, ca
 def test_run_download_fetches_the_goals_dataset_into_the_cache(served: Mirror, cache: Path, started, capsys) -> None:
     assert cli.main(["run", "--goal", CIFAR_GOAL, "--download", "--mirror", served.url]) == 0
     settings = started[0]
-    assert (settings.dataset, settings.data_dir, settings.extra["dataset_from"]) == ("cifar10", str(cache), "goal")
+    assert (settings.dataset, settings.data_dir, settings.dataset_from) == ("cifar10", str(cache), "goal")
     assert settings.target.threshold == 0.7
     assert "note: the goal names CIFAR-10 (cifar10): training on it" in capsys.readouterr().err
     # a later run finds it in the cache without --download
@@ -140,7 +140,7 @@ def test_the_default_goal_keeps_training_on_digits_and_names_no_dataset(cache: P
     assert cli.main(["run", "--goal", "a digits classifier"]) == 0
     assert cli.main(["run", "--goal", "F1 above 0.9"]) == 0
     assert cli.main(["run", "--goal", "F1 above 0.9", "--dataset", "wine"]) == 0
-    assert [(s.dataset, s.data_dir, s.extra["dataset_from"]) for s in started] == [
+    assert [(s.dataset, s.data_dir, s.dataset_from) for s in started] == [
         ("digits", None, "default"), ("iris", None, "flag"), ("digits", None, "goal"), ("digits", None, "default"),
         ("wine", None, "flag")]
     assert cli.main(["run", "--goal", "a digits classifier", "--dataset", "iris"]) == 2  # the user's goal: it counts

@@ -4,7 +4,7 @@ import pytest
 
 from orchestrator.deploy import DOCKERFILE, context_files, installed_closure, project_requirements, wheel_pins
 from orchestrator.exceptions import SandboxUnavailable
-from orchestrator.image import content_hash, project_root
+from orchestrator.sandbox.image import content_hash, project_root
 from sandbox_image.builder import default_spec
 
 ROOT = project_root()

@@ -55,7 +55,7 @@ def test_labels_identify_role_job_and_owner():
 
 
 def test_gvisor_and_gpu_options():
-    assert _kwargs(runtime="runsc")["runtime"] == "runsc"
+    assert _kwargs(container_runtime="runsc")["runtime"] == "runsc"
     request = _kwargs(device="cuda")["device_requests"][0]
     assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
     pinned = _kwargs(device="cuda", gpu="1")["device_requests"][0]
@@ -64,7 +64,7 @@ def test_gvisor_and_gpu_options():
 
 def test_bad_limits_are_reported_together():
     with pytest.raises(UsageError) as err:
-        validate(SandboxConfig(memory="lots", cpus=0, runtime="kata", timeout_s=-1))
+        validate(SandboxConfig(memory="lots", cpus=0, container_runtime="kata", timeout_s=-1))
     text = str(err.value)
     for word in ("--memory", "--cpus", "--runtime", "--timeout"):
         assert word in text
@@ -96,4 +96,4 @@ def test_a_pool_slot_waits_at_a_low_cpu_weight_and_a_job_container_at_the_defaul
 
     assert _kwargs(warm_up=True)["cpu_shares"] == STANDBY_CPU_SHARES
     assert "cpu_shares" not in _kwargs()  # a cold job container: Docker's default weight
-    assert "cpu_shares" not in _kwargs(warm_up=True, runtime="runsc")  # runsc cannot raise it again later
+    assert "cpu_shares" not in _kwargs(warm_up=True, container_runtime="runsc")  # runsc cannot raise it again later

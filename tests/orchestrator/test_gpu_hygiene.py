@@ -22,7 +22,7 @@ def _kwargs(**config):
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_a_cpu_sandbox_names_its_runtime_and_hides_every_gpu(runtime):
-    kw = _kwargs(runtime=runtime)
+    kw = _kwargs(container_runtime=runtime)
     assert kw["runtime"] == runtime  # never the engine's default
     assert kw["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert "device_requests" not in kw

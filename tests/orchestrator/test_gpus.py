@@ -8,7 +8,7 @@ import pytest
 from orchestrator import cli
 from orchestrator.exceptions import UsageError
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 from orchestrator.sandbox.gpus import bound_parallel, host_gpus, parse_gpu_ids
 from orchestrator.sandbox.pool import WarmPool
 
@@ -81,7 +81,7 @@ def test_run_caps_parallel_with_a_note_and_records_what_it_used(tmp_path, monkey
     assert code == 0
     assert "--parallel 8 capped at 2: this host has 2 cores" in capsys.readouterr().err
     with Registry.open(tmp_path / "capped", readonly=True) as registry:
-        assert registry.settings.parallel == 2 and registry.settings.extra["cpus"] == 1.0
+        assert registry.settings.parallel == 2 and registry.settings.sandbox.cpus == 1.0
 
 
 @pytest.mark.parametrize(("cores", "parallel", "cpus"), [(1, 1, 1.0), (2, 1, 2.0), (2, 2, 1.0), (3, 1, 3.0),

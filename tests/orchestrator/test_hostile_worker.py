@@ -271,7 +271,7 @@ def _run_settings(name: str) -> RunSettings:
 @given(plan=st.lists(mutations(), max_size=4))
 def test_a_run_against_any_forger_finishes_and_records_every_candidate(plan, tmp_path_factory, capsys):
     root = tmp_path_factory.mktemp("runs")
-    from orchestrator.training import load_prepared
+    from orchestrator.evaluation import load_prepared
 
     n_test = load_prepared("iris", None).n_eval  # the sandbox predicts selection and test inputs
     code = start_run(_run_settings("r"), root=root, config=CONFIG, secrets=Secrets(),
@@ -280,7 +280,7 @@ def test_a_run_against_any_forger_finishes_and_records_every_candidate(plan, tmp
     run = root / "r"
     with Registry.open(run, readonly=True) as registry:
         records = registry.candidates()
-        assert registry.run().status == "finished"
+        assert registry.run_info().status == "finished"
     assert len(records) == 2
     for record in records:
         assert record.status in ("passed", "failed")
@@ -294,7 +294,7 @@ def test_a_run_against_any_forger_finishes_and_records_every_candidate(plan, tmp
 
 
 def test_a_run_of_honest_forgers_passes_every_candidate(tmp_path: Path, capsys):
-    from orchestrator.training import load_prepared
+    from orchestrator.evaluation import load_prepared
 
     n_test = load_prepared("iris", None).n_eval
     start_run(_run_settings("ok"), root=tmp_path, config=CONFIG, secrets=Secrets(),

@@ -4,7 +4,7 @@ import docker.errors
 import pytest
 
 from orchestrator.exceptions import SandboxUnavailable
-from orchestrator.image import check_image, content_hash, context_files, project_root, split_tag
+from orchestrator.sandbox.image import check_image, content_hash, context_files, project_root, split_tag
 from sandbox_image.protocol import IMAGE_PROTOCOL_LABEL, PROTOCOL_VERSION
 
 
@@ -75,7 +75,7 @@ def test_the_image_context_holds_every_project_module_the_worker_imports():
     fails every training job (as evaluator/augment.py did once) - catch that without Docker."""
     import ast
 
-    from orchestrator.image import HOST_ONLY_MODULES
+    from orchestrator.sandbox.image import HOST_ONLY_MODULES
 
     root = project_root()
     shipped = set(context_files(root))

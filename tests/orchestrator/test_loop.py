@@ -9,7 +9,7 @@ from orchestrator.planning.types import Proposal, Target
 from orchestrator.registry import Registry, RunSettings
 from orchestrator.research import Secrets, drive, resume_run, start_run
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 from tests.fakes.backends import CountingBackend
 from sandbox_image.protocol import FailureKind, TrainSpec
 
@@ -33,8 +33,8 @@ def test_a_run_spends_its_candidate_budget_and_reports(tmp_path, capsys):
         assert all(r.status in ("passed", "failed") for r in records)
         best = registry.best()
         assert best is not None and 0.5 < best.value("accuracy") <= 1.0
-        assert registry.run().status == "finished"
-        assert "candidate budget spent" in registry.run().message
+        assert registry.run_info().status == "finished"
+        assert "candidate budget spent" in registry.run_info().message
     assert (run / "src" / "models" / "model.py").read_text() == best.source
     assert (run / "report.html").stat().st_size > 10_000 and (run / "report.md").exists()
     exported = json.loads((run / "experiments" / "registry.json").read_text())
@@ -49,7 +49,7 @@ def test_the_loop_stops_when_the_target_is_met(tmp_path):
     start_run(settings, root=tmp_path, config=CONFIG, secrets=Secrets(), backend_factory=SubprocessBackend)
     with Registry.open(tmp_path / "r2", readonly=True) as registry:
         assert len(registry.candidates()) == 1
-        assert registry.run().message.startswith("target met")
+        assert registry.run_info().message.startswith("target met")
 
 
 class ScriptedPlanner:
@@ -92,7 +92,7 @@ def test_broken_candidates_are_recorded_failures_and_the_run_goes_on(tmp_path, m
     with Registry.open(tmp_path / "r3", readonly=True) as registry:
         kinds = [r.failure.kind if r.failure else None for r in registry.candidates()]
         assert kinds == [FailureKind.SYNTAX_ERROR, FailureKind.SHAPE_MISMATCH, FailureKind.FORWARD_ERROR, None]
-        assert registry.run().message == "the planner has nothing more to propose"
+        assert registry.run_info().message == "the planner has nothing more to propose"
     assert [o.status for o in planner.observed] == ["failed", "failed", "failed", "passed"]
     assert "boom" in planner.observed[2].failure_message
 
@@ -145,5 +145,5 @@ def test_ctrl_c_kills_candidates_mid_training_instead_of_waiting_for_them(tmp_pa
     assert pressed and time.monotonic() - pressed[0] < 20  # 500 slow epochs would take many minutes
     assert backend.created and all(s.exit_status() is not None for s in backend.created)
     with Registry.open(tmp_path / "r5", readonly=True) as registry:
-        assert registry.run().status == "interrupted"
+        assert registry.run_info().status == "interrupted"
         assert [r.status for r in registry.candidates()] == ["running", "running"]  # resume redoes them

@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 from tests.fakes.backends import CountingBackend
 from orchestrator.sandbox.pool import WarmPool
 from orchestrator.sandbox.runner import execute, new_job_id

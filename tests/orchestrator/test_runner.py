@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 from orchestrator.sandbox.runner import new_job_id, run_job
 from sandbox_image.protocol import FailureKind, Job
 

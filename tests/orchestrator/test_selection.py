@@ -15,7 +15,7 @@ from orchestrator.planning.types import Proposal, Target
 from orchestrator.registry import Registry, RunSettings
 from orchestrator.research import Secrets, start_run
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.training import load_prepared
+from orchestrator.evaluation import load_prepared
 from sandbox_image.protocol import CheckReport, Done, EpochStats, Job, Predictions, Progress, TrainSpec
 from tests.fakes.scripted import ScriptedBackend
 
@@ -81,7 +81,7 @@ def test_the_planner_never_receives_a_test_metric_and_the_best_is_chosen_on_sele
     with Registry.open(tmp_path / "sel", readonly=True) as registry:
         records = {r.id: r for r in registry.candidates()}
         best = registry.best()
-        run = registry.run()
+        run = registry.run_info()
     cheat, honest = records["c001"], records["c002"]
     # the test figures are recorded, and they are the opposite of the selection figures
     assert cheat.test_value("accuracy") == 1.0 and cheat.value("accuracy") < 0.5

@@ -20,7 +20,7 @@ from orchestrator.planning.types import (
     AvgPool,
     BatchNorm,
     Conv2d,
-    DatasetFacts,
+    PlannerFacts,
     Dropout,
     Flatten,
     GlobalAvgPool,
@@ -245,7 +245,7 @@ def test_random_configs_render_and_run_or_are_refused(input_shape: tuple[int, ..
     assert ran >= 20  # most random stacks fit; the rest were refused with a named layer
 
 
-def planner_configs(facts: DatasetFacts, n: int) -> list[ModelConfig]:
+def planner_configs(facts: PlannerFacts, n: int) -> list[ModelConfig]:
     """The first ``n`` configs the offline planner proposes for ``facts``."""
     planner = OfflinePlanner(facts, seed=3, n_startup_trials=5)
     history: list[Outcome] = []
@@ -262,11 +262,11 @@ def planner_configs(facts: DatasetFacts, n: int) -> list[ModelConfig]:
 
 
 @pytest.mark.parametrize("facts", [
-    DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1078),
-    DatasetFacts(name="cifar", input_shape=(3, 32, 32), num_classes=10, n_train=45000),
-    DatasetFacts(name="odd", input_shape=(1, 5, 3), num_classes=3, n_train=300),
-    DatasetFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106),
+    PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1078),
+    PlannerFacts(name="cifar", input_shape=(3, 32, 32), num_classes=10, n_train=45000),
+    PlannerFacts(name="odd", input_shape=(1, 5, 3), num_classes=3, n_train=300),
+    PlannerFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106),
 ], ids=lambda f: f.name)
-def test_planner_configs_render_and_run(facts: DatasetFacts) -> None:
+def test_planner_configs_render_and_run(facts: PlannerFacts) -> None:
     for config in planner_configs(facts, 8):
         check_runs(config, facts.input_shape, facts.num_classes)

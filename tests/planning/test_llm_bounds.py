@@ -7,18 +7,18 @@ import json
 import pytest
 
 from orchestrator.planning.llm import LLMAssembler, TrainBounds
-from orchestrator.planning.types import DatasetFacts
+from orchestrator.planning.types import PlannerFacts
 from sandbox_image.protocol import TrainSpec
 
-FASHION = DatasetFacts(name="fashion_mnist", input_shape=(1, 28, 28), num_classes=10,
+FASHION = PlannerFacts(name="fashion_mnist", input_shape=(1, 28, 28), num_classes=10,
                        n_train=54000)
-DIGITS = DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1078)
-IRIS = DatasetFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90)
+DIGITS = PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1078)
+IRIS = PlannerFacts(name="iris", input_shape=(4,), num_classes=3, n_train=90)
 RUN_ONLY = {"hflip_ok", "seeds", "time_budget_s"}
 KNOBS = {"schedule", "nesterov", "label_smoothing", "warmup_epochs"}
 
 
-def train_props(facts: DatasetFacts, mode: str = "config") -> dict:
+def train_props(facts: PlannerFacts, mode: str = "config") -> dict:
     assembler = LLMAssembler(facts, mode=mode)  # type: ignore[arg-type]
     return assembler.schema["properties"]["train"]["properties"]
 
@@ -30,7 +30,7 @@ def train_props(facts: DatasetFacts, mode: str = "config") -> dict:
     (IRIS, None, False),
 ], ids=["fashion", "digits", "iris"])
 def test_the_schema_exposes_the_recipe_knobs_the_data_allows(
-        mode: str, facts: DatasetFacts, augments: list[str] | None, tta: bool) -> None:
+        mode: str, facts: PlannerFacts, augments: list[str] | None, tta: bool) -> None:
     props = train_props(facts, mode)
     assert KNOBS <= set(props)
     assert props["schedule"]["enum"] == ["constant", "cosine", "onecycle"]

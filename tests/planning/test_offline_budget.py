@@ -10,19 +10,19 @@ import pytest
 from orchestrator.planning.assembler import analyze
 from orchestrator.planning.budget import EpochTimer, epoch_seeds
 from orchestrator.planning.offline import FINAL_OF, OfflinePlanner, final_training_of
-from orchestrator.planning.types import DatasetFacts, Outcome, Proposal, Residual, Target
+from orchestrator.planning.types import PlannerFacts, Outcome, Proposal, Residual, Target
 from sandbox_image.protocol import TrainSpec
 
-FASHION = DatasetFacts(name="fashion_mnist", input_shape=(1, 28, 28), num_classes=10,
+FASHION = PlannerFacts(name="fashion_mnist", input_shape=(1, 28, 28), num_classes=10,
                        n_train=54000, n_val=6000, n_test=10000)
-WINE = DatasetFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106)
+WINE = PlannerFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106)
 ACCURACY = Target(metric="accuracy")
 
 
 class FakeDevice:
     """Trains a proposal in simulated time: start-up plus seconds proportional to its MACs."""
 
-    def __init__(self, facts: DatasetFacts, seconds_per_gmac: float, startup: float = 2.0) -> None:
+    def __init__(self, facts: PlannerFacts, seconds_per_gmac: float, startup: float = 2.0) -> None:
         self.facts, self.rate, self.startup = facts, seconds_per_gmac, startup
         self.clock = 0.0
 
@@ -164,7 +164,7 @@ def test_a_resumed_run_never_repeats_the_final_training() -> None:
     nxt = resumed.propose(recorded)
     assert nxt is not None and final_training_of(nxt) is None
     assert resumed.final_proposed == final_training_of(final)
-    assert resumed.n_proposed == 5  # the final is no trial; the search continues at trial 4+1
+    assert resumed._next == 5  # the final is no trial; the search continues at trial 4+1
 
 
 def test_a_pruned_or_failed_candidate_is_never_the_one_retrained() -> None:

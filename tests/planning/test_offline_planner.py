@@ -15,7 +15,7 @@ from orchestrator.planning.types import (
     AvgPool,
     BatchNorm,
     Conv2d,
-    DatasetFacts,
+    PlannerFacts,
     InvalidConfig,
     Linear,
     MaxPool,
@@ -27,11 +27,11 @@ from orchestrator.planning.types import (
 )
 from sandbox_image.protocol import FailureKind
 
-DIGITS = DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10,
+DIGITS = PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10,
                       class_names=tuple("0123456789"), n_train=1078, n_val=269, n_test=450)
-FASHION = DatasetFacts(name="fashion", input_shape=(1, 28, 28), num_classes=10,
+FASHION = PlannerFacts(name="fashion", input_shape=(1, 28, 28), num_classes=10,
                        n_train=54000, n_val=6000, n_test=10000)
-WINE = DatasetFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106, n_val=36,
+WINE = PlannerFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106, n_val=36,
                     n_test=36)
 ACCURACY = Target(metric="accuracy", threshold=0.99)
 
@@ -106,7 +106,7 @@ def test_same_seed_gives_same_first_five_proposals() -> None:
 
 
 @pytest.mark.parametrize(("facts", "max_pools"), [(DIGITS, 2), (FASHION, 3)])
-def test_search_space_is_sized_to_the_input(facts: DatasetFacts, max_pools: int) -> None:
+def test_search_space_is_sized_to_the_input(facts: PlannerFacts, max_pools: int) -> None:
     history = run(OfflinePlanner(facts, ACCURACY, seed=2, n_startup_trials=5), 25)
     pools = [sum(isinstance(layer, (MaxPool, AvgPool))
                  for layer in o.proposal.config.layers)  # type: ignore[union-attr]
@@ -191,7 +191,7 @@ def test_resume_rebuilds_failed_and_pruned_trials() -> None:
     states = [t.state for t in resumed.study.trials]
     assert states[:3] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
     assert resumed.study.trials[2].intermediate_values == {1: 0.2}
-    assert resumed.n_proposed == 4
+    assert resumed._next == 4  # trial number of the next proposal
 
 
 def rising(top: float, epochs: int = 20) -> tuple[float, ...]:
@@ -299,7 +299,7 @@ def test_bad_settings_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="epochs range"):
         OfflinePlanner(DIGITS, ACCURACY, epochs=(5, 2))
     with pytest.raises(InvalidConfig, match="handles"):
-        OfflinePlanner(DatasetFacts(name="seq", input_shape=(4, 4), num_classes=2), ACCURACY)
+        OfflinePlanner(PlannerFacts(name="seq", input_shape=(4, 4), num_classes=2), ACCURACY)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -9,7 +9,7 @@ from orchestrator.planning.space import augment_choices, max_residual_stages, sp
 from orchestrator.planning.types import (
     SCHEDULES,
     Conv2d,
-    DatasetFacts,
+    PlannerFacts,
     GlobalAvgPool,
     Outcome,
     Proposal,
@@ -18,17 +18,17 @@ from orchestrator.planning.types import (
 )
 from sandbox_image.protocol import TrainSpec
 
-FASHION = DatasetFacts(name="fashion_mnist", input_shape=(1, 28, 28), num_classes=10,
+FASHION = PlannerFacts(name="fashion_mnist", input_shape=(1, 28, 28), num_classes=10,
                        n_train=54000, n_val=6000, n_test=10000)
-MNIST = DatasetFacts(name="mnist", input_shape=(1, 28, 28), num_classes=10, n_train=54000)
-CIFAR = DatasetFacts(name="cifar10", input_shape=(3, 32, 32), num_classes=10, n_train=45000)
-DIGITS = DatasetFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1078)
-WINE = DatasetFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106)
+MNIST = PlannerFacts(name="mnist", input_shape=(1, 28, 28), num_classes=10, n_train=54000)
+CIFAR = PlannerFacts(name="cifar10", input_shape=(3, 32, 32), num_classes=10, n_train=45000)
+DIGITS = PlannerFacts(name="digits", input_shape=(1, 8, 8), num_classes=10, n_train=1078)
+WINE = PlannerFacts(name="wine", input_shape=(13,), num_classes=3, n_train=106)
 ACCURACY = Target(metric="accuracy", threshold=0.99)
 DEFAULTS = TrainSpec(seeds=(3, 4), time_budget_s=99.0)
 
 
-def proposals(facts: DatasetFacts, n: int, seed: int = 0) -> list[Proposal]:
+def proposals(facts: PlannerFacts, n: int, seed: int = 0) -> list[Proposal]:
     """The first ``n`` proposals, each told a score that favours ResNets and SGD."""
     planner = OfflinePlanner(facts, ACCURACY, seed=seed, n_startup_trials=6,
                              train_defaults=DEFAULTS)
@@ -48,7 +48,7 @@ def proposals(facts: DatasetFacts, n: int, seed: int = 0) -> list[Proposal]:
 
 
 @pytest.mark.parametrize("facts", [FASHION, MNIST, DIGITS, WINE], ids=lambda f: f.name)
-def test_recipe_knobs_stay_within_their_bounds(facts: DatasetFacts) -> None:
+def test_recipe_knobs_stay_within_their_bounds(facts: PlannerFacts) -> None:
     batches = set()
     for proposal in proposals(facts, 30):
         train = proposal.train
@@ -75,9 +75,9 @@ def test_recipe_knobs_stay_within_their_bounds(facts: DatasetFacts) -> None:
     (MNIST, {"none", "shift", "crop_flip_erase"}),  # no flips: crop_flip would only shift
     (DIGITS, {"none", "shift"}),  # 8x8: no erasing either
     (WINE, {"none"}),  # tables are never augmented
-], ids=lambda v: v.name if isinstance(v, DatasetFacts) else "")
+], ids=lambda v: v.name if isinstance(v, PlannerFacts) else "")
 def test_augmentation_is_searched_only_where_the_data_allows_it(
-        facts: DatasetFacts, allowed: set[str]) -> None:
+        facts: PlannerFacts, allowed: set[str]) -> None:
     seen = [p.train for p in proposals(facts, 30, seed=1)]
     assert {t.augment for t in seen} <= allowed
     assert len({t.augment for t in seen}) >= min(len(allowed), 2)  # and it is searched
@@ -105,8 +105,8 @@ def test_the_first_trials_are_a_small_cnn_then_the_standard_resnet_recipe() -> N
 @pytest.mark.parametrize(("facts", "augment", "stages"), [(MNIST, "shift", 3),
                                                           (DIGITS, "none", 3),
                                                           (CIFAR, "crop_flip", 3)],
-                         ids=lambda v: v.name if isinstance(v, DatasetFacts) else str(v))
-def test_the_standard_resnet_fits_the_data(facts: DatasetFacts, augment: str, stages: int) -> None:
+                         ids=lambda v: v.name if isinstance(v, PlannerFacts) else str(v))
+def test_the_standard_resnet_fits_the_data(facts: PlannerFacts, augment: str, stages: int) -> None:
     standard = proposals(facts, 2)[1]
     assert standard.train.augment == augment  # 8x8 digits lose accuracy to shifts
     assert sum(isinstance(layer, Residual) for layer in standard.config.layers) == stages

@@ -23,7 +23,6 @@ from orchestrator.planning.types import (
     parse_model_config,
     parse_train_spec,
     should_prune,
-    train_spec_json_schema,
 )
 from sandbox_image.protocol import FailureKind, TrainSpec
 
@@ -88,8 +87,6 @@ def test_json_schema_is_a_tagged_union_with_bounds() -> None:
     assert defs["Conv2d"]["additionalProperties"] is False
     layer_items = defs["ModelConfig"]["properties"]["layers"]["items"]
     assert layer_items["discriminator"]["propertyName"] == "type"
-    assert train_spec_json_schema()["$defs"]["_BoundedTrainSpec"]["properties"]["lr"][
-        "maximum"] == 1.0
 
 
 @pytest.mark.parametrize(("data", "where"), [
@@ -163,3 +160,13 @@ def test_should_prune_only_asks_planners_that_can() -> None:
     assert should_prune(_Plain(), "c1", 9, 0.1, proposal=proposal) is False
     assert should_prune(_Pruning(), "c1", 3, 0.1, proposal=proposal) is True
     assert should_prune(_Pruning(), "c1", 2, 0.1, proposal=proposal) is False
+
+
+def test_a_target_takes_its_direction_from_the_metric_whatever_it_is_told() -> None:
+    told = msgspec.json.decode(b'{"metric": "calibration_error", "threshold": 0.05, "direction": "maximize"}', type=Target)
+    assert told.direction == "minimize" and not told.maximize and told.sign == "<="
+    assert told.reached(0.04) and not told.reached(0.06)
+    assert told.best([0.3, 0.1, 0.2], float) == 0.1 and told.ranked([0.3, 0.1], float) == [0.1, 0.3]
+    accuracy = Target(metric="accuracy", direction="minimize")
+    assert accuracy.maximize and accuracy.sign == ">=" and accuracy.best([0.3, 0.9, 0.9], float) == 0.9
+    assert Target().best([], float) is None

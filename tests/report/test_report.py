@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.registry import EventRecord, Registry, RunInfo
+from orchestrator.registry import EventRecord, LLMConfig, Registry, RunInfo
 from orchestrator.report import write_reports
 from orchestrator.report.content import running_seconds
 from sandbox_image.protocol import FailureKind
@@ -24,7 +24,7 @@ DATASET = {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10, "n_tra
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run: three passed candidates (the best with hostile source), failures, LLM calls."""
     run_dir = tmp_path_factory.mktemp("reports") / "run_report"
-    with Registry.create(run_dir, f.settings(planner="llm", llm_model="smollm2"), plots=False) as reg:
+    with Registry.create(run_dir, f.settings(llm=LLMConfig(base_url="http://127.0.0.1:8000/v1", model="smollm2")), plots=False) as reg:
         reg.set_dataset(DATASET)
         f.add_passed(reg, 1.0)
         f.add_failed(reg, FailureKind.SHAPE_MISMATCH, "got (2, 12) <img src=x onerror=alert(1)>")

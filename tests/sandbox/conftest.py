@@ -72,7 +72,7 @@ def sandbox_run(docker_client: docker.DockerClient, request: pytest.FixtureReque
 
     def run(model: str, *, timeout_s: float = 60.0, memory: str = "512m", runtime: str = "runc",
             data_dir: Path | None = None) -> Outcome:
-        config = SandboxConfig(timeout_s=timeout_s, memory=memory, runtime=runtime, startup_timeout_s=60.0)
+        config = SandboxConfig(timeout_s=timeout_s, memory=memory, container_runtime=runtime, startup_timeout_s=60.0)
         outcome = run_model(docker_client, model, config, data_dir)
         request.config.stash.setdefault(_RESULTS_KEY, []).append(
             (model + (f" [{runtime}]" if runtime != "runc" else ""), outcome.kind, outcome.result.startup_seconds,

@@ -253,11 +253,15 @@ def _leftovers(client: docker.DockerClient, job_id: str) -> list[str]:
     return sorted({f"{c.name} ({c.status})" for c in found})
 
 
-def run_model(client: docker.DockerClient, model: str, config: SandboxConfig, data_dir: Path | None) -> Outcome:
-    """Run ``tests/models/hostile/<model>.py`` in a watched sandbox and measure the host."""
+def run_model(client: docker.DockerClient, model: str, config: SandboxConfig, data_dir: Path | None,
+              backend=None) -> Outcome:
+    """Run ``tests/models/hostile/<model>.py`` in a watched sandbox and measure the host.
+
+    ``backend`` (default: a ``WatchedBackend`` on ``client``) must keep ``watches`` by job id.
+    """
     source = (HOSTILE / f"{model}.py").read_text()
     job = Job(job_id=new_job_id(), source=source, class_name="Net", input_shape=(1, 8, 8), num_classes=10)
-    backend = WatchedBackend(client)
+    backend = backend or WatchedBackend(client)
     exact_peak = _reset_peak_rss()
     rss_before = _status_kb("VmRSS")
     start = time.monotonic()

@@ -27,7 +27,7 @@ import zmq
 from orchestrator.exceptions import ProtocolViolation, SandboxUnavailable
 from orchestrator.sandbox.channel import Channel
 from orchestrator.sandbox.config import SandboxConfig
-from orchestrator.sandbox.fake import SubprocessBackend
+from orchestrator.sandbox.local import SubprocessBackend
 from orchestrator.sandbox.jobsroot import chmod_socket, ensure_jobs_root
 from orchestrator.sandbox.runner import Slot, execute, make_job_dir, new_job_id, run_job
 from sandbox_image.protocol import Job, job_decoder
@@ -264,7 +264,7 @@ def test_the_fake_backend_worker_runs_through_the_private_root(open_root):
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_the_real_worker_wins_the_race_and_no_other_user_gets_in(docker_backend, open_root, runtime):
     """Uid 65534 on the host tries from before the container starts until Ready; the worker gets the job."""
-    config = SandboxConfig(timeout_s=90, startup_timeout_s=90, runtime=runtime, jobs_dir=str(open_root))
+    config = SandboxConfig(timeout_s=90, startup_timeout_s=90, container_runtime=runtime, jobs_dir=str(open_root))
     job = Job(job_id=new_job_id(), source=(MODELS / "good_mlp.py").read_text(), class_name="Net",
               input_shape=(1, 8, 8), num_classes=10)
     with Slot(docker_backend, config, slot_id=job.job_id) as slot:

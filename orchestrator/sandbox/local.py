@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.sandbox.base import ExitStatus, Mounts
-from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.config import SOCKET_NAME, SandboxConfig
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ class SubprocessSandbox:
     """The worker as a child process in its own session (so kill takes its children)."""
 
     def __init__(self, job_dir: Path, data_dir: Path | None, config: SandboxConfig) -> None:
-        self.mounts = Mounts(socket_path=str(job_dir / "worker.sock"), data_root=str(data_dir) if data_dir else None)
+        self.mounts = Mounts(socket_path=str(job_dir / SOCKET_NAME), data_root=str(data_dir) if data_dir else None)
         self._config = config
         self._proc: subprocess.Popen | None = None
         self._log = job_dir / "worker.log"
