@@ -273,7 +273,9 @@ def test_fork_bomb_through_the_launcher_is_held_at_the_pids_cap(launcher_run):
 
     assert outcome.kind == "timeout", outcome.result.failure
     assert outcome.watch.host_config["PidsLimit"] == 256
-    assert 200 <= outcome.watch.max_pids <= 256, f"{outcome.watch.max_pids} tasks seen (cap 256)"
+    # pids.current can pass pids.max by a task the runtime attaches (kernel docs, cgroup-v1/pids.rst: "not
+    # possible to violate a cgroup PID policy through fork()"); measured once in CI: 257. More is a leak.
+    assert 200 <= outcome.watch.max_pids <= 257, f"{outcome.watch.max_pids} tasks seen (cap 256)"
     assert_contained(outcome, limit_s=HANG_S)
 
 
