@@ -17,6 +17,7 @@ from orchestrator.exceptions import UsageError
 from orchestrator.launcher import paths
 from orchestrator.launcher.config import LauncherConfig, size_bytes, validate
 from orchestrator.launcher.paths import Refusal
+from tests.ci import needs_root, unavailable
 
 GIB = 1024**3
 
@@ -98,8 +99,8 @@ def test_prepare_root_makes_it_0710_and_tightens_an_existing_one(tmp_path):
     assert paths.prepare_root(str(root), None) == root and _mode(root) == 0o710
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
 def test_prepare_root_gives_the_root_to_the_client_group(tmp_path):
+    needs_root("chown to another group needs root")
     root = paths.prepare_root(str(tmp_path / "root"), 4242)
     assert os.lstat(root).st_gid == 4242 and _mode(root) == 0o710
 
@@ -280,14 +281,14 @@ def test_stage_refuses_a_unix_socket(roots):
     assert _staged(root) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a device needs root")
 def test_stage_refuses_a_device_file(roots):
+    needs_root("mknod of a device needs root")
     source, root, _ = roots
     data = source / "run" / "data"
     try:
         os.mknod(data / "zero", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
     except PermissionError:
-        pytest.skip("mknod is not allowed here (a container without CAP_MKNOD)")
+        unavailable("mknod is not allowed here (a container without CAP_MKNOD)")
     with pytest.raises(Refusal, match="zero is not a regular file"):
         paths.stage(str(data), (str(source),), root, 10_000)
 

@@ -10,6 +10,7 @@ import pytest
 from orchestrator import cli
 from orchestrator.exceptions import UsageError
 from orchestrator.research import check_runs_dir
+from tests.ci import needs_root
 
 OTHER_UID = 10001
 
@@ -70,10 +71,7 @@ def unwritable():
 
 
 def test_a_runs_dir_below_a_directory_this_uid_cannot_search_is_refused(tmp_path):
-    if os.geteuid() != 0:  # as tests/sandbox/test_jobs_root.py: a skip for developers, a failure under CI
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("needs root to act as a second uid; CI must run it as root, never skip it")
-        pytest.skip("needs root to act as a second uid")
+    needs_root("needs root to act as a second uid")
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0o700)
     assert _as_another_user(hidden / "runs").startswith(f"UsageError: cannot write the runs dir {hidden}/runs")

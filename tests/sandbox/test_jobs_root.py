@@ -31,6 +31,7 @@ from orchestrator.sandbox.local import SubprocessBackend
 from orchestrator.sandbox.jobsroot import chmod_socket, ensure_jobs_root
 from orchestrator.sandbox.runner import Slot, execute, make_job_dir, new_job_id, run_job
 from sandbox_image.protocol import Job, job_decoder
+from tests.ci import needs_root
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 NOBODY = 65534
@@ -40,10 +41,7 @@ _ROOT_REASON = "needs root: it chowns to, or runs as, another uid"
 @pytest.fixture
 def _root() -> None:
     """Root or no test: a skip on a developer's machine, a failure under CI (which runs as root)."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{_ROOT_REASON}; CI must run these as root, never skip them")
-        pytest.skip(_ROOT_REASON)
+    needs_root(_ROOT_REASON)
 
 
 as_root = pytest.mark.usefixtures("_root")
