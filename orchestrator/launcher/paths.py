@@ -15,6 +15,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from orchestrator.sandbox.jobsroot import unsafe_parent
+
 ROOT_MODE = 0o710  # launcher: all; client group: enter (its job dirs, the socket); others: nothing
 JOB_DIR_MODE = 0o771  # client group: make its socket; the sandbox (uid 65534): search only
 DATA_MODE = 0o755
@@ -45,10 +47,11 @@ def prepare_root(root: str, gid: int | None) -> Path:
 
 
 def _check_parents(path: Path) -> None:
-    for parent in path.parents:
-        st = os.stat(parent)
-        if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
-            raise Refusal(f"the launcher root {path} is below {parent}, which others can change: choose another --root")
+    found = unsafe_parent(path)  # the jobs root's rule: only root or we may change a parent
+    if found is not None:
+        parent, why = found
+        raise Refusal(f"the launcher root {path} is below {parent}, which others can change (it {why}): "
+                      "choose another --root")
 
 
 def make_job_dir(root: Path, gid: int | None) -> Path:

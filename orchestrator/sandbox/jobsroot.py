@@ -103,20 +103,32 @@ def _mkdir(path: Path, mode: int) -> None:
         pass
 
 
-def _check_parents(path: Path) -> None:
-    """Every directory above ``path`` can be changed only by root or us (or is sticky, as /tmp)."""
+def unsafe_parent(path: Path) -> tuple[Path, str] | None:
+    """The first directory above ``path`` that someone but root or us could change (and why), else None.
+
+    A sticky directory (as /tmp) is safe: others may add to it, not replace our entry. Raises
+    OSError when a parent cannot be inspected.
+    """
     me = os.geteuid()
     for parent in reversed(path.parents):
-        try:
-            link, st = os.lstat(parent), os.stat(parent)
-        except OSError as exc:
-            raise SandboxUnavailable(f"cannot inspect {parent}, a parent of the jobs dir {path}: {exc}") from exc
+        link, st = os.lstat(parent), os.stat(parent)
         if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, me):
-            raise _unsafe_parent(path, parent, f"is a symbolic link of uid {link.st_uid}")
+            return parent, f"is a symbolic link of uid {link.st_uid}"
         if st.st_uid not in (0, me):
-            raise _unsafe_parent(path, parent, f"belongs to uid {st.st_uid}")
+            return parent, f"belongs to uid {st.st_uid}"
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-            raise _unsafe_parent(path, parent, f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+            return parent, f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _check_parents(path: Path) -> None:
+    """Every directory above ``path`` can be changed only by root or us (or is sticky, as /tmp)."""
+    try:
+        found = unsafe_parent(path)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot inspect a parent of the jobs dir {path}: {exc}") from exc
+    if found is not None:
+        raise _unsafe_parent(path, *found)
 
 
 def _unsafe_parent(path: Path, parent: Path, why: str) -> SandboxUnavailable:
