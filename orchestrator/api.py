@@ -266,21 +266,14 @@ def check_model(path: StrPath, *, class_name: str = "Net", input_shape: tuple[in
     """
     import dataclasses
 
-    from orchestrator.check import CheckRequest, run_check
+    from orchestrator.check import check_request, default_check_config, run_check
     from orchestrator.cli import docker_backend_factory
     from orchestrator.sandbox.config import validate
-    from sandbox_image.protocol import TrainSpec
 
-    if epochs < 1 or seeds < 1 or batch_size < 1 or lr <= 0:
-        raise UsageError("epochs, seeds and batch_size must be >= 1 and lr > 0")
-    if (train or out is not None) and not dataset and not data_dir:
-        raise UsageError("train=True needs dataset=NAME (e.g. dataset='digits') or data_dir")
-    config = validate(sandbox) if sandbox is not None else _default_sandbox(timeout_s=600.0 if train else 120.0)
-    spec = TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seeds=tuple(range(seeds)))
-    request = CheckRequest(path=Path(path), class_name=class_name,
-                           input_shape=tuple(input_shape) if input_shape else None, num_classes=num_classes,
-                           train=spec if train else None, dataset=dataset, data_dir=data_dir,
-                           out=Path(out) if out is not None else None)
+    request = check_request(path, class_name=class_name, input_shape=input_shape, num_classes=num_classes,
+                            dataset=dataset, data_dir=data_dir, train=train, epochs=epochs, seeds=seeds,
+                            batch_size=batch_size, lr=lr, optimizer=optimizer, out=out)
+    config = validate(sandbox) if sandbox is not None else default_check_config(train=train)
     if dataset:
         from evaluator.download import ensure
 

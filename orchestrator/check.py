@@ -45,6 +45,34 @@ class CheckRequest:
     out: Path | None = None
 
 
+def check_request(path, *, class_name: str = "Net", input_shape: tuple[int, ...] | None = None,
+                  num_classes: int | None = None, dataset: str | None = None, data_dir: str | None = None,
+                  train: bool = False, epochs: int = 10, seeds: int = 1, batch_size: int = 64, lr: float = 1e-3,
+                  optimizer: str = "adamw", out=None) -> CheckRequest:
+    """The ``CheckRequest`` of ``check_model``'s keyword arguments (the API's and testing's), validated."""
+    from orchestrator.planning.types import seeds_from_count
+
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise UsageError("epochs and batch_size must be >= 1 and lr > 0")
+    seed_tuple = seeds_from_count(seeds)
+    if (train or out is not None) and not dataset and not data_dir:
+        raise UsageError("train=True needs dataset=NAME (e.g. dataset='digits') or data_dir")
+    spec = TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seeds=seed_tuple)
+    return CheckRequest(path=Path(path), class_name=class_name, input_shape=tuple(input_shape) if input_shape else None,
+                        num_classes=num_classes, train=spec if train else None, dataset=dataset, data_dir=data_dir,
+                        out=Path(out) if out is not None else None)
+
+
+def default_check_config(*, train: bool) -> SandboxConfig:
+    """The command line's sandbox for a check: every core, 2g, 120 s (600 s when training)."""
+    import os
+
+    from orchestrator.sandbox.config import DEFAULT_IMAGE, validate
+
+    return validate(SandboxConfig(image=DEFAULT_IMAGE, cpus=float(os.cpu_count() or 1),
+                                  timeout_s=600.0 if train else 120.0))
+
+
 @dataclass
 class CheckOutcome:
     """The result of a check, ready to print or serialise."""

@@ -25,7 +25,6 @@ a killed test session leaves behind. Needs the ``test`` extra
 
 from __future__ import annotations
 
-import os
 from os import PathLike
 from pathlib import Path
 
@@ -33,13 +32,12 @@ import docker.errors
 from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 
-from orchestrator.check import CheckOutcome, CheckRequest, run_check
-from orchestrator.exceptions import SandboxUnavailable, UsageError
+from orchestrator.check import CheckOutcome, check_request, default_check_config, run_check
+from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.sandbox.base import Mounts
 from orchestrator.sandbox.config import DEFAULT_IMAGE, SOCKET_NAME, SandboxConfig, validate
 from orchestrator.sandbox.docker import ContainerWatch, _explain_create_error, connect, container_kwargs
 from orchestrator.sandbox.image import check_image
-from sandbox_image.protocol import TrainSpec
 
 __all__ = ["SandboxBackend", "SandboxContainer", "check_model"]
 
@@ -203,20 +201,8 @@ def check_model(
     Without ``config`` the sandbox gets the command line's defaults: every core,
     a 2g memory cap, and 120 s (600 s with ``train``) for the whole job.
     """
-    from orchestrator.planning.types import seeds_from_count
-
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise UsageError("epochs and batch_size must be >= 1 and lr > 0")
-    seed_tuple = seeds_from_count(seeds)
-    if (train or out is not None) and not dataset and not data_dir:
-        raise UsageError("train=True needs dataset=NAME (e.g. dataset='digits')")
-    if config is None:
-        config = SandboxConfig(image=DEFAULT_IMAGE, cpus=float(os.cpu_count() or 1), timeout_s=600.0 if train else 120.0)
-    spec = TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seeds=seed_tuple)
-    request = CheckRequest(
-        path=Path(path), class_name=class_name, input_shape=tuple(input_shape) if input_shape else None,
-        num_classes=num_classes, train=spec if train else None, dataset=dataset, data_dir=data_dir,
-        out=Path(out) if out is not None else None,
-    )
-    config = validate(config)
+    request = check_request(path, class_name=class_name, input_shape=input_shape, num_classes=num_classes,
+                            dataset=dataset, data_dir=data_dir, train=train, epochs=epochs, seeds=seeds,
+                            batch_size=batch_size, lr=lr, optimizer=optimizer, out=out)
+    config = validate(config) if config is not None else default_check_config(train=train)
     return run_check(request, lambda: SandboxBackend(config.image), config, progress=False)
