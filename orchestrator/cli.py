@@ -203,6 +203,22 @@ def add_launcher_flag(parser: argparse.ArgumentParser) -> None:
                              "instead of the Docker engine")
 
 
+def add_cluster_flag(parser: argparse.ArgumentParser) -> None:
+    """``--cluster ray://HOST:PORT``: candidates on the nodes of a Ray cluster (the [ray] extra)."""
+    parser.add_argument("--cluster", default=os.environ.get("RAY_ADDRESS") or None, metavar="ray://HOST:PORT",
+                        help="run candidates on the nodes of this Ray cluster, each in a hardened container on its "
+                             "node's own Docker (`pip install -e '.[ray]'` on every node; docs/deployment.md); "
+                             "--parallel then counts slots across the cluster (default: $RAY_ADDRESS, else this "
+                             "machine alone)")
+
+
+def check_cluster_args(args) -> None:
+    """UsageError for flags that cannot go with ``--cluster``."""
+    if getattr(args, "cluster", None) and getattr(args, "launcher", None):
+        raise UsageError("--cluster and --launcher cannot go together: on a cluster each node's sandbox host "
+                         "drives its own Docker engine; drop one of them")
+
+
 def backend_factory(image: str, launcher: str | None):
     """Sandboxes from the launcher at ``launcher``, else straight from Docker."""
     if not launcher:
@@ -335,6 +351,7 @@ def add_run_parser(sub) -> None:
                      help="seconds before the first retry, doubled for each next one, with jitter; a server's "
                           "Retry-After wins (default: 0.5)")
     add_sandbox_flags(p)
+    add_cluster_flag(p)
     add_verbose_flag(p)
     p.set_defaults(func=cmd_run)
 
@@ -371,23 +388,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.sandbox.gpus import bound_parallel
 
     check_runs_dir(args.runs_dir)  # before any download, launcher or data: nothing is written yet
+    check_cluster_args(args)
     choice = dataset_choice(args)
     target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
     settings = settings_from_args(args, target, dataset=choice)
     config = sandbox_config(args, default_timeout=900.0)
-    parallel, note = bound_parallel(settings.parallel, device=config.device, cores=os.cpu_count() or 1,
-                                    gpus=config.gpus, cpus=args.cpus)
-    if note:
-        print(f"researcher: note: {note}", file=sys.stderr)
-        settings = msgspec.structs.replace(settings, parallel=parallel)
-    config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
+    if args.cluster:  # slots are the nodes' (their CPUs over --cpus, or their GPUs), not this machine's
+        if args.cpus is None:
+            config = msgspec.structs.replace(config, cpus=1.0)
+    else:
+        parallel, note = bound_parallel(settings.parallel, device=config.device, cores=os.cpu_count() or 1,
+                                        gpus=config.gpus, cpus=args.cpus)
+        if note:
+            print(f"researcher: note: {note}", file=sys.stderr)
+            settings = msgspec.structs.replace(settings, parallel=parallel)
+        config = sandbox_for_run(config, settings.parallel, cpus_given=args.cpus is not None)
     settings = with_sandbox(settings, config)
     data_dir = locate_data(settings.dataset, settings.data_dir, args, from_goal=choice.origin == "goal")
     if choice.note:
         print(f"researcher: note: {inert(choice.note)}", file=sys.stderr)
     settings = msgspec.structs.replace(settings, data_dir=data_dir)  # stored: resume finds the same files
     return start_run(settings, root=args.runs_dir, config=config, secrets=_secrets(args, args.llm_base_url),
-                     backend_factory=backend_factory(config.image, args.launcher))
+                     backend_factory=backend_factory(config.image, args.launcher), cluster=args.cluster)
 
 
 def add_resume_parser(sub) -> None:
@@ -399,12 +421,14 @@ def add_resume_parser(sub) -> None:
                                           "stored without them (default: the stored URL)")
     add_jobs_dir_flag(p)
     add_launcher_flag(p)
+    add_cluster_flag(p)
     add_verbose_flag(p)
     p.set_defaults(func=cmd_resume)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Run `researcher resume`."""
+    check_cluster_args(args)
     from orchestrator.registry import Registry
     from orchestrator.research import resume_run
 
@@ -416,7 +440,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config = validate(msgspec.structs.replace(settings.sandbox, jobs_dir=_abspath(args.jobs_dir)))
     llm_url = settings.llm.base_url if settings.llm else None
     return resume_run(args.run_dir, config=config, secrets=_secrets(args, llm_url),
-                      backend_factory=backend_factory(config.image, args.launcher))
+                      backend_factory=backend_factory(config.image, args.launcher), cluster=args.cluster)
 
 
 def add_report_parser(sub) -> None:
@@ -477,16 +501,27 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--memory", default="2g", help="memory cap per container (default: 2g)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image (default: {DEFAULT_IMAGE})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cluster", default=None, metavar="ray://HOST:PORT",
+                   help="instead: the dispatch overhead of --cluster, the same set through the local warm pool "
+                        "and then through this Ray cluster, --parallel at once (use --epochs 30 or more: "
+                        "candidates that train for a few seconds)")
     add_jobs_dir_flag(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run `researcher bench`."""
-    from orchestrator.bench import bench, print_report
+    from orchestrator.bench import bench, bench_cluster, print_cluster_report, print_report
 
     if args.candidates < 1 or args.epochs < 1 or args.parallel < 1 or args.spare < 0:
         raise UsageError("--candidates, --epochs and --parallel must be >= 1 and --spare >= 0")
+    if args.cluster:
+        report = bench_cluster(address=args.cluster, count=args.candidates, epochs=args.epochs, parallel=args.parallel,
+                               spare=args.spare, backend_factory=docker_backend_factory(args.image), image=args.image,
+                               memory=args.memory, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                               jobs_dir=_abspath(args.jobs_dir))
+        print_cluster_report(report, as_json=args.json)
+        return EXIT_OK
     report = bench(count=args.candidates, epochs=args.epochs, parallel=args.parallel, spare=args.spare,
                    backend_factory=docker_backend_factory(args.image), image=args.image, memory=args.memory,
                    progress=lambda line: print(line, file=sys.stderr, flush=True), jobs_dir=_abspath(args.jobs_dir))

@@ -6,7 +6,8 @@
     └── SandboxError
         ├── SandboxUnavailable(RuntimeError)   no engine, no image, stale image: exit 3
         ├── SandboxTimeout(TimeoutError)
-        └── ProtocolViolation(ValueError)      a worker sent something undecodable
+        ├── ProtocolViolation(ValueError)      a worker sent something undecodable
+        └── NodeLost(RuntimeError)             a cluster node died under a job (retried elsewhere)
 
 Docker, ZeroMQ and httpx errors are caught where they happen and re-raised as
 one of these with ``raise ... from exc``. ``ResearcherError``, ``UsageError`` and
@@ -21,7 +22,7 @@ from __future__ import annotations
 # orchestrator), re-exported: one class each, so every ``except`` here catches both sides' raises.
 from evaluator.errors import DataError, ResearcherError, UsageError
 
-__all__ = ["DataError", "ProtocolViolation", "ResearcherError", "SandboxError", "SandboxTimeout",
+__all__ = ["DataError", "NodeLost", "ProtocolViolation", "ResearcherError", "SandboxError", "SandboxTimeout",
            "SandboxUnavailable", "UsageError"]
 
 
@@ -39,3 +40,15 @@ class SandboxTimeout(SandboxError, TimeoutError):
 
 class ProtocolViolation(SandboxError, ValueError):
     """A worker sent a message that is too large, undecodable or out of order."""
+
+
+class NodeLost(SandboxError, RuntimeError):
+    """A cluster node (its sandbox host) died or stopped answering while it held a job.
+
+    Not the model's doing: the loop retries the candidate once on another node, then
+    records it as ``crashed`` with the node named.
+    """
+
+    def __init__(self, node: str, detail: str) -> None:
+        super().__init__(f"node {node} was lost: {detail}")
+        self.node = node

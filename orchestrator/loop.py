@@ -21,7 +21,7 @@ import msgspec
 
 from orchestrator import logs
 from orchestrator.evaluation import score_result
-from orchestrator.exceptions import SandboxUnavailable
+from orchestrator.exceptions import NodeLost, SandboxUnavailable
 from orchestrator.planning.assembler import render
 from orchestrator.planning.types import InvalidConfig, Outcome, Planner, Proposal, should_prune
 from orchestrator.registry import CandidateRecord, Registry
@@ -245,16 +245,7 @@ class ResearchLoop:
         job = Job(job_id=cid, source=source, class_name=proposal.class_name, input_shape=self.facts.input_shape,
                   num_classes=self.facts.num_classes, device=self.config.device, threads=self.config.threads,
                   train=proposal.train, data=self.data_spec)
-        slot = self.pool.acquire()
-        with slot:
-            with self._slots_lock:
-                self._slots[cid] = slot
-            try:
-                result = execute(slot, job, n_test=self.prepared.n_eval,
-                                 on_message=lambda msg: self._on_message(cid, proposal, msg))
-            finally:
-                with self._slots_lock:
-                    self._slots.pop(cid, None)
+        result = self._execute(cid, proposal, job)
         if result.failure is not None or result.stopped:
             return Evaluation(result=result, failure=result.failure)
         try:
@@ -262,6 +253,45 @@ class ResearchLoop:
         except Exception as exc:  # noqa: BLE001 - the worker's data, however odd, fails only this candidate
             return Evaluation(result=result, failure=unprocessable(Stage.PREDICT, "score", exc))
         return Evaluation(result=result, scores=scores, selection=selection, dynamics=dynamics)
+
+    def _execute(self, cid: str, proposal: Proposal, job: Job) -> JobResult:
+        """Run the job in a slot; on a cluster, a node lost under it costs one retry on another node."""
+        tries = 1 + getattr(self.pool, "node_retries", 0)
+        avoid = None
+        for attempt in range(1, tries + 1):
+            slot = self.pool.acquire(avoid=avoid) if avoid else self.pool.acquire()
+            node = getattr(slot, "node", None)
+            if node is not None:
+                self.state.in_flight.get(cid, {})["node"] = node
+                self.registry.log_event("candidate_placed", f"candidate {cid} runs on node {node}"
+                                        + (f" (try {attempt} of {tries})" if attempt > 1 else ""),
+                                        candidate=cid, node=node, attempt=attempt)
+            with slot:
+                with self._slots_lock:
+                    self._slots[cid] = slot
+                try:
+                    return execute(slot, job, n_test=self.prepared.n_eval,
+                                   on_message=lambda msg: self._on_message(cid, proposal, msg))
+                except NodeLost as exc:
+                    lost = getattr(self.pool, "lost", None)
+                    if lost is not None:
+                        lost(exc.node, str(exc))
+                    entry = self.state.in_flight.get(cid, {})
+                    entry.pop("curves", None)  # the retry's epochs start again
+                    last = attempt == tries
+                    self.registry.log_event("candidate_node_lost", f"candidate {cid}: {exc}; "
+                                            + ("recorded as crashed" if last else "retrying on another node"),
+                                            candidate=cid, node=exc.node, attempt=attempt)
+                    if last:
+                        return JobResult(job_id=cid, failure=Failure(
+                            stage=Stage.TRAIN, kind=FailureKind.CRASHED,
+                            message=f"node {exc.node} was lost mid-candidate ({str(exc)[:300]}), "
+                                    f"after {attempt} tries on cluster nodes"))
+                    avoid = exc.node
+                finally:
+                    with self._slots_lock:
+                        self._slots.pop(cid, None)
+        raise AssertionError("unreachable")
 
     def _on_message(self, cid: str, proposal: Proposal, msg) -> bool:
         """Worker thread: track progress; True stops the job (pruned). Never raises."""

@@ -94,8 +94,9 @@ def check_runs_dir(root: str | Path) -> None:
                      "and RESEARCHER_GID to its owner (`id -u`, `id -g`, e.g. in .env), or chown it")
 
 
-def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory) -> int:
-    """Create a run directory and registry, then drive the loop."""
+def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secrets: Secrets, backend_factory,
+              cluster: str | None = None) -> int:
+    """Create a run directory and registry, then drive the loop (on the Ray cluster at ``cluster``, if given)."""
     from orchestrator.evaluation import load_prepared
 
     check_runs_dir(root)
@@ -104,22 +105,39 @@ def start_run(settings: RunSettings, *, root: Path, config: SandboxConfig, secre
     run_dir = new_run_dir(root, settings.name or None)
     registry = Registry.create(run_dir, settings)
     return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=False,
-                 prepared=prepared)
+                 prepared=prepared, cluster=cluster)
 
 
-def resume_run(run_dir: Path, *, config: SandboxConfig | None, secrets: Secrets, backend_factory) -> int:
+def resume_run(run_dir: Path, *, config: SandboxConfig | None, secrets: Secrets, backend_factory,
+               cluster: str | None = None) -> int:
     """Reopen a run (interrupted candidates are marked and redone) and continue it."""
     registry = Registry.open(run_dir)  # logs the resume and marks interrupted candidates
     registry.set_status("running", "resumed")
-    return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=True)
+    return drive(registry, config=config, secrets=secrets, backend_factory=backend_factory, resumed=True,
+                 cluster=cluster)
+
+
+def sandbox_pool(settings: RunSettings, config: SandboxConfig, data_dir: Path, *, backend, cluster: str | None,
+                 registry: Registry, view):
+    """The run's slots: a local warm pool over ``backend``, or a ``ClusterPool`` on the Ray cluster ``cluster``."""
+    from orchestrator.sandbox.pool import WarmPool
+
+    if not cluster:
+        return WarmPool(backend, config, size=settings.parallel, data_dir=data_dir)
+    from orchestrator.cluster.pool import ClusterPool
+
+    def on_event(kind: str, message: str, **payload) -> None:
+        registry.log_event(kind, message, **payload)
+        view.message(message)
+
+    return ClusterPool(cluster, config, data_dir=data_dir, on_event=on_event)
 
 
 def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backend_factory, resumed: bool,
-          prepared=None) -> int:
+          prepared=None, cluster: str | None = None) -> int:
     """Prepare, run the loop, write the reports; returns the process exit code."""
     from orchestrator.live import LiveView
     from orchestrator.loop import ResearchLoop
-    from orchestrator.sandbox.pool import WarmPool
     from orchestrator.evaluation import load_prepared
 
     settings = registry.settings
@@ -140,14 +158,20 @@ def drive(registry: Registry, *, config: SandboxConfig, secrets: Secrets, backen
                          f"input {tuple(facts.input_shape)}, {facts.num_classes} classes, hash {facts.content_hash[:12]}")
             spec = prepared.write_sandbox_dir(scratch / "data")
             planner = make_planner(settings, planner_facts(facts), registry, secrets)
-            backend = backend_factory()
+            backend = None if cluster else backend_factory()  # a cluster's nodes each have their own
             try:
-                with WarmPool(backend, config, size=settings.parallel, data_dir=scratch / "data") as pool:
+                with sandbox_pool(settings, config, scratch / "data", backend=backend, cluster=cluster,
+                                  registry=registry, view=view) as pool:
+                    if cluster:
+                        view.message(f"Ray cluster {cluster}: {pool.capacity()} slot(s) on "
+                                     f"{len(pool.nodes())} node(s) so far; {settings.parallel} candidate(s) at once "
+                                     "(--parallel)")
                     loop = ResearchLoop(registry, planner, pool, prepared, config, parallel=settings.parallel, view=view)
                     loop.data_spec = spec
                     reason = loop.run()
             finally:
-                backend.close()
+                if backend is not None:
+                    backend.close()
                 close = getattr(planner, "close", None)
                 if close is not None:
                     close()  # the LLM client's connections

@@ -68,8 +68,12 @@ class Channel:
 
     def send(self, job: Job) -> None:
         """Send the job (the worker is connected once it said Ready)."""
+        self.send_raw(self._encoder.encode(job))
+
+    def send_raw(self, frame: bytes) -> None:
+        """Send an encoded Job (a cluster node forwards the orchestrator's own encoding)."""
         try:
-            self._sock.send(self._encoder.encode(job), flags=zmq.NOBLOCK)
+            self._sock.send(frame, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             raise ProtocolViolation(f"cannot send the job to the worker: {exc}") from exc
 
@@ -82,14 +86,26 @@ class Channel:
 
     def recv(self, timeout_s: float) -> WorkerMessage | None:
         """The next decoded message, or None when nothing came within ``timeout_s``."""
+        frame = self.recv_raw(timeout_s)
+        return None if frame is None else self.decode(frame)
+
+    def recv_raw(self, timeout_s: float) -> memoryview | None:
+        """The next frame as it came (at most ``max_message_bytes``), undecoded; None on timeout.
+
+        A cluster node forwards these to the orchestrator, which decodes them itself.
+        """
         if not self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
             return None
         frame = self._sock.recv(copy=False)
         self.received_bytes += len(frame.buffer)
+        return frame.buffer
+
+    def decode(self, frame) -> WorkerMessage:
+        """One frame through the typed decoder; ProtocolViolation for anything else."""
         try:
-            return self._decoder.decode(frame.buffer)
+            return self._decoder.decode(frame)
         except msgspec.DecodeError as exc:
-            raise ProtocolViolation(f"undecodable message from the worker ({len(frame.buffer)} bytes): {exc}") from exc
+            raise ProtocolViolation(f"undecodable message from the worker ({len(frame)} bytes): {exc}") from exc
 
     def close(self) -> None:
         """Close the socket and remove its file."""

@@ -1,0 +1,75 @@
+"""A node killed mid-candidate and a node that joins mid-run, on the real two-node Ray cluster.
+
+Its own module: the hostile-model tests' pool holds both nodes' CPUs (as Ray
+resources) until their module ends, and this run needs them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.runs import RESEARCHER, RUN, _env, _only_run, _records, _sandboxes
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _events(run_dir: Path) -> list[tuple[str, str]]:
+    path = run_dir / "experiments" / "registry.sqlite"
+    if not path.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return [(k, p) for k, p in conn.execute("SELECT kind, payload FROM events ORDER BY seq")]
+    except sqlite3.Error:
+        return []
+
+
+def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used(ray_cluster, tmp_path):
+    node2 = ray_cluster.nodes["researcher_node2"]
+    args = RUN + ["--dataset", "digits", "--goal", "digits classifier with at least 99.9% accuracy",
+                  "--max-candidates", "5", "--parallel", "2", "--cluster", ray_cluster.client_address]
+    proc = subprocess.Popen(RESEARCHER + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    output: dict[str, str] = {}
+    reader = threading.Thread(target=lambda: output.update(zip(("out", "err"), proc.communicate(timeout=900))))
+    reader.start()
+    try:
+        victim = None
+        until = time.monotonic() + 300
+        while victim is None and time.monotonic() < until and proc.poll() is None:
+            runs = list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+            for kind, payload in (_events(runs[0]) if runs else []):
+                if kind == "candidate_placed" and node2[:8] in payload:
+                    victim = payload
+            time.sleep(0.2)
+        assert victim is not None, "no candidate was placed on the second node"
+        time.sleep(2.0)  # mid-candidate: its container is up and training
+        ray_cluster.kill_node(node2)
+        time.sleep(1.0)
+        node3 = ray_cluster.start_node("researcher_node3")  # joins mid-run
+    finally:
+        reader.join(timeout=900)
+    assert proc.returncode == 0, output.get("err", "")[-3000:]
+    records, events, info = _records(_only_run(tmp_path))
+    assert info.status == "finished" and len(records) == 5
+    lost = [e for e in events if e.kind == "candidate_node_lost"]
+    assert lost and all(node2[:8] in e.payload["node"] for e in lost), [e.message for e in lost]
+    cid = lost[0].payload["candidate"]
+    record = next(r for r in records if r.id == cid)
+    retried = [e.payload["node"] for e in events if e.kind == "candidate_placed" and e.payload["candidate"] == cid]
+    if record.status == "failed":  # recorded, naming the node
+        assert record.failure.kind.value == "crashed" and node2[:8] in record.failure.message
+    else:  # retried once on another node
+        assert record.status == "passed" and len(retried) == 2 and node2[:8] not in retried[1]
+    assert all(r.status in ("passed", "failed") for r in records)
+    used = {e.payload["node"] for e in events if e.kind == "candidate_placed"}
+    assert any(node3[:8] in node for node in used), f"the node that joined mid-run was never used: {used}"
+    assert any(e.kind == "cluster_node_lost" and node2[:8] in e.message for e in events)
+    # the dead node's orphaned sandbox was reaped by the host that started on this machine after it
+    assert not _sandboxes(), "sandbox containers were left behind"
