@@ -16,7 +16,17 @@ from orchestrator.registry.store import best_of
 
 #: Events worth a line in the report's timeline (per-candidate ones are in the tables).
 NOTABLE_EVENTS = frozenset({"run_started", "interrupted", "resumed", "target_met", "budget_spent",
-                            "run_finished", "run_failed", "run_interrupted", "planner_stopped"})
+                            "run_finished", "run_failed", "run_interrupted", "planner_stopped",
+                            "cluster_node_ready", "cluster_node_lost", "cluster_node_broken", "candidate_node_lost"})
+
+
+def placements(events: list[EventRecord]) -> dict[str, str]:
+    """Candidate id -> the cluster node that ran it (its last try); empty for a run on one machine."""
+    placed: dict[str, str] = {}
+    for event in events:
+        if event.kind == "candidate_placed" and isinstance(event.payload.get("candidate"), str):
+            placed[event.payload["candidate"]] = str(event.payload.get("node", ""))
+    return placed
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class ReportData:
     wall_s: float | None
     generated: float = field(default_factory=time.time)
     figures: dict[str, Path] = field(default_factory=dict)  # leaderboard, confusion, curves
+    nodes: dict[str, str] = field(default_factory=dict)  # candidate id -> cluster node that ran it (last try)
 
     @property
     def target_met(self) -> bool:
@@ -103,6 +114,7 @@ def gather(registry: Registry) -> ReportData:
         failures=_failures(records), llm=LLMSummary.of(registry.llm_calls()),
         events=[e for e in events if e.kind in NOTABLE_EVENTS],
         wall_s=running_seconds(run, events),
+        nodes=placements(events),
     )  # fmt: skip
 
 

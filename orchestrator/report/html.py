@@ -80,15 +80,16 @@ def _leaderboard(data: ReportData) -> str:
     if not data.leaderboard:
         return "<section><h2>Leaderboard</h2><p>No candidate passed.</p></section>"
     rows = []
+    nodes = data.nodes  # a cluster run: which node ran each candidate
     for rank, r in enumerate(data.leaderboard, start=1):
         s = r.summary(data.metric)
         rows.append([str(rank), f"<code>{e(r.id)}</code>", text.num(r.value(data.metric)),
                      f"<b>{text.num(s.mean if s else None)}</b>",
                      e(text.ci(s)), text.num(s.std if s else None), text.params(r.params),
-                     text.epochs_run(r), f"{r.seconds:.1f}",
-                     f"<span class=\"layers\">{e(clip(text.layers(r), 200))}</span>"])
+                     text.epochs_run(r), f"{r.seconds:.1f}"] + ([e(nodes.get(r.id, ""))] if nodes else [])
+                    + [f"<span class=\"layers\">{e(clip(text.layers(r), 200))}</span>"])
     header = ["#", "candidate", f"selection {e(data.metric)}", f"test {e(data.metric)} mean", "95% CI", "std",
-              "params", "epochs", "seconds", "model"]
+              "params", "epochs", "seconds"] + (["node"] if nodes else []) + ["model"]
     return (f"<section><h2>Leaderboard</h2><p class=\"note\">Passed candidates ranked by mean "
             f"{e(data.metric)} on the held-out selection split (what every decision reads); test means over "
             f"seeds with Student-t 95% confidence intervals are reported beside it and decide nothing.</p>"

@@ -81,14 +81,16 @@ def _image(data: ReportData, key: str, alt: str) -> str:
 def _leaderboard(data: ReportData) -> str:
     if not data.leaderboard:
         return "## Leaderboard\n\nNo candidate passed."
+    nodes = data.nodes  # a cluster run: which node ran each candidate
     header = ["#", "candidate", f"selection {md(data.metric)}", f"test {md(data.metric)} mean", "95% CI", "std",
-              "params", "epochs", "seconds", "model"]
+              "params", "epochs", "seconds"] + (["node"] if nodes else []) + ["model"]
     rows = []
     for rank, r in enumerate(data.leaderboard, start=1):
         s = r.summary(data.metric)
         rows.append([str(rank), md(r.id), text.num(r.value(data.metric)), text.num(s.mean if s else None),
                      md(text.ci(s)), text.num(s.std if s else None), text.params(r.params), text.epochs_run(r),
-                     f"{r.seconds:.1f}", md(clip(text.layers(r), 160))])
+                     f"{r.seconds:.1f}"] + ([md(nodes.get(r.id, ""))] if nodes else [])
+                    + [md(clip(text.layers(r), 160))])
     return "\n\n".join(["## Leaderboard", f"Passed candidates ranked by mean {md(data.metric)} on the held-out "
                         "selection split (what every decision reads); test means over seeds with Student-t 95% "
                         "confidence intervals are reported beside it and decide nothing.", table(header, rows),
