@@ -27,6 +27,7 @@ from pathlib import Path
 
 import msgspec
 
+from orchestrator.exceptions import UsageError
 from orchestrator.sandbox.config import DEFAULT_SPARE, SandboxConfig, validate
 from sandbox_image.protocol import Job, TrainSpec
 
@@ -54,6 +55,7 @@ class ModeResult:
     logits_bytes: list[int] = field(default_factory=list)
     train_s: list[float] = field(default_factory=list)  # direct mode: training seconds per candidate
     cpu_s: float | None = None  # busy CPU seconds of the whole host during the mode
+    nodes: list[dict] = field(default_factory=list)  # cluster mode: jobs per node
 
     def summary(self, n: int) -> dict:
         """JSON-ready figures."""
@@ -209,6 +211,87 @@ def run_warm(items, prepared, spec, data_dir: Path, backend, config: SandboxConf
             for job_result in workers.map(one, items):
                 _collect(result, job_result, prepared)
     return result
+
+
+def run_cluster(items, prepared, spec, data_dir: Path, address: str, config: SandboxConfig, parallel: int) -> ModeResult:
+    """The same jobs through a Ray cluster's sandbox hosts (``--cluster``), ``parallel`` at once."""
+    from orchestrator.cluster.pool import ClusterPool
+    from orchestrator.sandbox.runner import execute
+
+    facts = prepared.facts()
+    result = ModeResult(f"cluster_parallel{parallel}")
+    with ClusterPool(address, config, data_dir=data_dir) as pool:
+        ready = pool.wait_ready(parallel)  # hosts started, data staged: not the jobs' time
+        if ready < parallel:
+            raise UsageError(f"the cluster at {address} has {ready} slot(s) of {config.cpus:g} CPU(s); "
+                             f"--parallel {parallel} needs {parallel}: add nodes or lower --parallel")
+        time.sleep(5.0)  # each host's slots finish their imports, as the local warm pool is filled first
+
+        def one(item):
+            with pool.acquire() as slot:
+                return execute(slot, _job(item, facts, spec, config), n_test=prepared.n_eval)
+
+        with _clock(result), ThreadPoolExecutor(max_workers=parallel) as workers:
+            for job_result in workers.map(one, items):
+                _collect(result, job_result, prepared)
+        result.nodes = pool.nodes()
+    return result
+
+
+def bench_cluster(*, address: str, count: int, epochs: int, parallel: int, backend_factory, image: str, memory: str,
+                  progress=print, jobs_dir: str | None = None, spare: int = DEFAULT_SPARE) -> dict:
+    """Dispatch overhead of ``--cluster``: the same set through the local warm pool, then the cluster.
+
+    Both run ``parallel`` jobs at once with one CPU per sandbox; ``cluster_overhead_ratio``
+    is cluster wall / local warm wall (nodes on this host share its Docker engine).
+    """
+    import shutil
+
+    from orchestrator.evaluation import load_prepared
+    from orchestrator.sandbox.runner import make_private_dir
+
+    prepared = load_prepared("digits", None)
+    items = candidates(prepared.facts(), count, epochs)
+    one = validate(SandboxConfig(image=image, memory=memory, cpus=1.0, timeout_s=600, jobs_dir=jobs_dir))
+    scratch = make_private_dir(Path(one.jobs_root), "researcher-bench-")
+    report: dict = {"candidates": count, "epochs": epochs, "dataset": "digits", "parallel": parallel,
+                    "cluster": address, "host_cores": os.cpu_count() or 1}
+    try:
+        spec = prepared.write_sandbox_dir(scratch / "data")
+        progress(f"bench --cluster: {count} digits candidates x {epochs} epochs, 1 seed, 1 CPU each, {parallel} at once")
+        backend = backend_factory()
+        try:
+            warm = run_warm(items, prepared, spec, scratch / "data", backend, one, parallel, spare,
+                            name=f"local_warm_parallel{parallel}")
+        finally:
+            backend.close()
+        progress(f"  local warm pool:  {warm.wall_s:7.1f} s")
+        cluster = run_cluster(items, prepared, spec, scratch / "data", address, one, parallel)
+        progress(f"  Ray cluster:      {cluster.wall_s:7.1f} s on {len(cluster.nodes)} node(s)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    modes = [warm, cluster]
+    report["modes"] = {m.name: m.summary(count) for m in modes}
+    report["nodes"] = [{"node": n["node"], "jobs": n["jobs"]} for n in cluster.nodes]
+    report["train_s_per_candidate_median"] = round(statistics.median(warm.train_s), 2) if warm.train_s else None
+    report["cluster_overhead_ratio"] = round(cluster.wall_s / warm.wall_s, 3)
+    report["handoff_ms_p50"] = {m.name: report["modes"][m.name].get("handoff_ms_p50") for m in modes}
+    report["accuracy_mean"] = {m.name: round(statistics.fmean(m.accuracies), 4) for m in modes if m.accuracies}
+    return report
+
+
+def print_cluster_report(report: dict, *, as_json: bool, stream=None) -> None:
+    """One JSON object, or a few lines."""
+    stream = stream or sys.stdout
+    if as_json:
+        stream.write(json.dumps(report, indent=2) + "\n")
+        return
+    stream.write(f"\ncluster_overhead_ratio (Ray cluster / local warm pool): {report['cluster_overhead_ratio']}\n")
+    stream.write(f"training per candidate (median): {report['train_s_per_candidate_median']} s\n")
+    for name, p50 in report["handoff_ms_p50"].items():
+        stream.write(f"{name:<28} hand-off p50 {p50} ms, {report['modes'][name]['candidates_per_min']} candidates/min, "
+                     f"failures {len(report['modes'][name]['failures'])}\n")
+    stream.write("jobs per node: " + ", ".join(f"{n['node']} {n['jobs']}" for n in report["nodes"]) + "\n")
 
 
 def _wait_full(pool, size: int, timeout_s: float = 300.0) -> None:
