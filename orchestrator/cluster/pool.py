@@ -23,7 +23,9 @@ single-machine path imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -42,8 +44,11 @@ REFRESH_S = 2.0
 HOST_START_S = 300.0
 #: The candidate is tried this many more times on another node when its node dies.
 NODE_RETRIES = 1
-#: Ray namespace of the run's actors (``ray list actors`` shows them there).
+#: Ray namespace of the run's actors.
 NAMESPACE = "pytorch-researcher"
+#: Ray Client sessions the server refused (``Initialization failure``, seen now and then when a
+#: session starts right after another ended) are tried again, this many times in all.
+CONNECT_TRIES, CONNECT_BACKOFF_S = 3, 2.0
 
 
 def import_ray():
@@ -56,19 +61,46 @@ def import_ray():
     return ray
 
 
+@contextlib.contextmanager
+def _own_sigterm():
+    """Keep this process's SIGTERM handler: ``ray.init`` installs ``sys.exit`` in its place, which
+    would skip the run's interrupt path (sandboxes killed on every node, the run marked interrupted)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def connect(address: str) -> None:
     """Connect this process to the Ray cluster at ``address`` (``ray://HOST:PORT``, ``HOST:PORT``, ``auto``)."""
     ray = import_ray()
     if ray.is_initialized():
         return
-    try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
-    except Exception as exc:
-        raise SandboxUnavailable(
-            f"cannot reach the Ray cluster at {address!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
-            "Start its head with `ray start --head`, join nodes with `ray start --address HEAD:6379`, and give "
-            "--cluster ray://HEAD:10001 (the head's client port) or HEAD:6379 from a node of the cluster; "
-            "docs/deployment.md, 'Several GPU boxes: Ray'") from exc
+    error: Exception | None = None
+    for attempt in range(1, CONNECT_TRIES + 1):
+        try:
+            with _own_sigterm():
+                ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except ConnectionAbortedError as exc:  # Ray Client's server failed to set the session up: again
+            error = exc
+            log.warning("Ray Client session %d of %d refused by %s: %s", attempt, CONNECT_TRIES, address, exc)
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(CONNECT_BACKOFF_S * attempt)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, gRPC errors...
+            error = exc
+            break
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = (lines[0][:200] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")) if lines else ""
+    raise SandboxUnavailable(
+        f"cannot reach the Ray cluster at {address!r} ({type(error).__name__}: {detail}). "
+        "Start its head with `ray start --head`, join nodes with `ray start --address HEAD:6379`, and give "
+        "--cluster ray://HEAD:10001 (the head's client port) or HEAD:6379 from a node of the cluster; "
+        "docs/deployment.md, 'Several GPU boxes: Ray'") from error
 
 
 def node_name(node: dict) -> str:
@@ -166,7 +198,7 @@ class ClusterPool:
         if self.on_event is not None:
             try:
                 self.on_event(kind, message, **payload)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a registry write must not end placement
                 log.exception("could not record %s", kind)
 
     def _refresh(self, *, force: bool = False) -> None:

@@ -29,6 +29,9 @@ CALL_MARGIN_S = 30.0
 _FRESH_S = 0.2
 #: The least a ``recv`` call waits on the node for a frame (the session polls every 50 ms).
 REMOTE_WAIT_S = 0.5
+#: After a Progress, a ``recv`` call waits this long for more (a job's per-epoch Progress comes
+#: in a few calls, each about 25 ms of CPU through Ray Client); any other message ends it.
+LINGER_S = 1.0
 
 
 def ray_errors() -> tuple[type[BaseException], ...]:
@@ -155,8 +158,8 @@ class RemoteChannel:
             # trip through Ray (measured: 35% overhead on 10 s candidates). A frame ends the wait at
             # once, so this only delays noticing an exit or a deadline by up to REMOTE_WAIT_S.
             wait = max(timeout_s, REMOTE_WAIT_S)
-            frames, status, _ = self.sandbox.link.call("recv", self.sandbox.slot_id, wait,
-                                                       timeout_s=wait + CALL_MARGIN_S)
+            frames, status, _ = self.sandbox.link.call("recv", self.sandbox.slot_id, wait, LINGER_S,
+                                                       timeout_s=wait + LINGER_S + CALL_MARGIN_S)
             self.sandbox.note(_exit(status))
             self._frames.extend(frames)
         if not self._frames:

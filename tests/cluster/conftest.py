@@ -117,7 +117,8 @@ class LocalCluster:
         """Kill every process of this cluster (and only those), then its temp dir."""
         marks = [f"{MARK}={self.temp_dir}".encode()] + [f"RAY_RAYLET_PID={pid}\0".encode() for pid in self.raylets]
         for _ in range(3):
-            pids = [p for p in _pids() if p != os.getpid() and any(m in _environ(p) for m in marks)]
+            pids = [p for p in _pids() if p != os.getpid()
+                    and (any(m in _environ(p) for m in marks) or _uses(p, self.temp_dir))]
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -131,6 +132,22 @@ class LocalCluster:
 
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _uses(pid: int, directory: Path) -> bool:
+    """True when ``pid`` has a file open under ``directory`` (Ray's agents: their logs are there)."""
+    prefix = str(directory) + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _environ(pid: int) -> bytes:

@@ -6,6 +6,7 @@ resources) until their module ends, and this run needs them.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -14,9 +15,43 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.registry.store import INTERRUPTED
 from tests.cluster.runs import RESEARCHER, RUN, _env, _only_run, _records, _sandboxes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def test_sigterm_kills_the_sandboxes_on_every_node_and_resume_finishes_on_the_cluster(ray_cluster, tmp_path):
+    args = RUN + ["--dataset", "digits", "--goal", "digits classifier with at least 99.9% accuracy",
+                  "--max-candidates", "3", "--parallel", "2", "--name", "r", "--cluster", ray_cluster.client_address]
+    proc = subprocess.Popen(RESEARCHER + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    run_dir = tmp_path / "runs" / "r"
+    until = time.monotonic() + 300
+    nodes: set[str] = set()
+    while len(nodes) < 2 and time.monotonic() < until and proc.poll() is None:
+        nodes = {payload for kind, payload in _events(run_dir) if kind == "candidate_placed"}
+        time.sleep(0.2)
+    assert len(nodes) == 2, "candidates never ran on both nodes at once"
+    time.sleep(2.0)  # both sandboxes are up and training
+    assert len(_sandboxes()) >= 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    left = _sandboxes()
+    assert not left, f"sandboxes left on the nodes after SIGTERM: {left}"
+    _, _, info = _records(run_dir)
+    assert info.status == "interrupted", err[-2000:]
+
+    resumed = subprocess.run(RESEARCHER + ["resume", str(run_dir), "--cluster", ray_cluster.client_address],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+                             env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records, _, info = _records(run_dir)
+    interrupted = [r for r in records if r.failure is not None and r.failure.message.startswith(INTERRUPTED)]
+    counted = [r for r in records if r not in interrupted]
+    assert info.status == "finished" and len(interrupted) == 2  # the two cut short: recorded, then redone
+    assert len(counted) == 3 and all(r.status == "passed" for r in counted), [r.failure for r in counted]
 
 
 def _events(run_dir: Path) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from orchestrator.sandbox.base import Mounts
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.local import SubprocessBackend
 from orchestrator.sandbox.runner import execute, new_job_id
-from sandbox_image.protocol import CheckReport, FailureKind, Job, Ready, encoder
+from sandbox_image.protocol import CheckReport, EpochStats, FailureKind, Job, Progress, Ready, encoder
 from tests.cluster.fakes import DirectLink
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -134,3 +134,15 @@ def test_slots_per_node_follow_cpus_or_gpus():
     assert node_slots({"CPU": 16.0, "GPU": 2.0}, SandboxConfig(device="cuda")) == 2
     assert node_slots({"CPU": 16.0}, SandboxConfig(device="cuda")) == 0
     assert node_name({"NodeManagerHostname": "gpu-a", "NodeID": "1234567890abcdef"}) == "gpu-a/12345678"
+
+
+def test_a_host_batches_only_progress_and_hands_anything_else_over_at_once():
+    host = SandboxHost(CONFIG, slots=1, backend=SubprocessBackend())
+    try:
+        stats = EpochStats(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, seconds=0.1)
+        assert host._ends_batch(encoder().encode(Progress(seed=0, stats=stats, epochs=3))) is False
+        report = CheckReport(params=1, trainable_params=1, output_shape=(2, 10), forward_seconds=0.1)
+        assert host._ends_batch(encoder().encode(report)) is True
+        assert host._ends_batch(b"\xc1not msgpack") is True  # the orchestrator judges it, at once
+    finally:
+        host.shutdown()
