@@ -238,6 +238,18 @@ def run_cluster(items, prepared, spec, data_dir: Path, address: str, config: San
     return result
 
 
+def _bench_set(count: int, epochs: int, image: str, memory: str, jobs_dir: str | None):
+    """The prepared digits, the fixed candidates, the one-CPU sandbox config and a private scratch dir."""
+    from orchestrator.evaluation import load_prepared
+    from orchestrator.sandbox.runner import make_private_dir
+
+    prepared = load_prepared("digits", None)
+    items = candidates(prepared.facts(), count, epochs)
+    one = validate(SandboxConfig(image=image, memory=memory, cpus=1.0, timeout_s=600, jobs_dir=jobs_dir))
+    scratch = make_private_dir(Path(one.jobs_root), "researcher-bench-")  # same path in a container
+    return prepared, items, one, scratch
+
+
 def bench_cluster(*, address: str, count: int, epochs: int, parallel: int, backend_factory, image: str, memory: str,
                   progress=print, jobs_dir: str | None = None, spare: int = DEFAULT_SPARE) -> dict:
     """Dispatch overhead of ``--cluster``: the same set through the local warm pool, then the cluster.
@@ -247,13 +259,7 @@ def bench_cluster(*, address: str, count: int, epochs: int, parallel: int, backe
     """
     import shutil
 
-    from orchestrator.evaluation import load_prepared
-    from orchestrator.sandbox.runner import make_private_dir
-
-    prepared = load_prepared("digits", None)
-    items = candidates(prepared.facts(), count, epochs)
-    one = validate(SandboxConfig(image=image, memory=memory, cpus=1.0, timeout_s=600, jobs_dir=jobs_dir))
-    scratch = make_private_dir(Path(one.jobs_root), "researcher-bench-")
+    prepared, items, one, scratch = _bench_set(count, epochs, image, memory, jobs_dir)
     report: dict = {"candidates": count, "epochs": epochs, "dataset": "digits", "parallel": parallel,
                     "cluster": address, "host_cores": os.cpu_count() or 1}
     try:
@@ -280,12 +286,7 @@ def bench_cluster(*, address: str, count: int, epochs: int, parallel: int, backe
     return report
 
 
-def print_cluster_report(report: dict, *, as_json: bool, stream=None) -> None:
-    """One JSON object, or a few lines."""
-    stream = stream or sys.stdout
-    if as_json:
-        stream.write(json.dumps(report, indent=2) + "\n")
-        return
+def _print_cluster_report(report: dict, stream) -> None:
     stream.write(f"\ncluster_overhead_ratio (Ray cluster / local warm pool): {report['cluster_overhead_ratio']}\n")
     stream.write(f"training per candidate (median): {report['train_s_per_candidate_median']} s\n")
     for name, p50 in report["handoff_ms_p50"].items():
@@ -303,18 +304,10 @@ def _wait_full(pool, size: int, timeout_s: float = 300.0) -> None:
 def bench(*, count: int, epochs: int, parallel: int, backend_factory, image: str, memory: str,
           progress=print, jobs_dir: str | None = None, spare: int = DEFAULT_SPARE) -> dict:
     """Run the three modes on the same set and return the figures."""
-    import os
     import shutil
 
-    from orchestrator.sandbox.runner import make_private_dir
-    from orchestrator.evaluation import load_prepared
-
     cores = os.cpu_count() or 1
-    prepared = load_prepared("digits", None)
-    facts = prepared.facts()
-    items = candidates(facts, count, epochs)
-    one = validate(SandboxConfig(image=image, memory=memory, cpus=1.0, timeout_s=600, jobs_dir=jobs_dir))
-    scratch = make_private_dir(Path(one.jobs_root), "researcher-bench-")  # same path in a container
+    prepared, items, one, scratch = _bench_set(count, epochs, image, memory, jobs_dir)
     report: dict = {"candidates": count, "epochs": epochs, "dataset": "digits", "host_cores": cores, "spare_slots": spare}
     try:
         spec = prepared.write_sandbox_dir(scratch / "data")
@@ -373,6 +366,9 @@ def print_report(report: dict, *, as_json: bool, stream=None) -> None:
     stream = stream or sys.stdout
     if as_json:
         stream.write(json.dumps(report, indent=2) + "\n")
+        return
+    if "cluster_overhead_ratio" in report:  # bench --cluster
+        _print_cluster_report(report, stream)
         return
     stream.write(f"\noverhead_ratio (warm sandbox / direct): {report['overhead_ratio']}\n")
     stream.write(f"cold_overhead_ratio: {report['cold_overhead_ratio']}\n")

@@ -511,7 +511,7 @@ def add_bench_parser(sub) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run `researcher bench`."""
-    from orchestrator.bench import bench, bench_cluster, print_cluster_report, print_report
+    from orchestrator.bench import bench, bench_cluster, print_report
 
     if args.candidates < 1 or args.epochs < 1 or args.parallel < 1 or args.spare < 0:
         raise UsageError("--candidates, --epochs and --parallel must be >= 1 and --spare >= 0")
@@ -520,7 +520,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                spare=args.spare, backend_factory=docker_backend_factory(args.image), image=args.image,
                                memory=args.memory, progress=lambda line: print(line, file=sys.stderr, flush=True),
                                jobs_dir=_abspath(args.jobs_dir))
-        print_cluster_report(report, as_json=args.json)
+        print_report(report, as_json=args.json)
         return EXIT_OK
     report = bench(count=args.candidates, epochs=args.epochs, parallel=args.parallel, spare=args.spare,
                    backend_factory=docker_backend_factory(args.image), image=args.image, memory=args.memory,

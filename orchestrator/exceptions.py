@@ -51,4 +51,4 @@ class NodeLost(SandboxError, RuntimeError):
 
     def __init__(self, node: str, detail: str) -> None:
         super().__init__(f"node {node} was lost: {detail}")
-        self.node = node
+        self.node, self.detail = node, detail

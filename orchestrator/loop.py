@@ -275,7 +275,7 @@ class ResearchLoop:
                 except NodeLost as exc:
                     lost = getattr(self.pool, "lost", None)
                     if lost is not None:
-                        lost(exc.node, str(exc))
+                        lost(exc.node, exc.detail)
                     entry = self.state.in_flight.get(cid, {})
                     entry.pop("curves", None)  # the retry's epochs start again
                     last = attempt == tries

@@ -260,7 +260,7 @@ class ClusterPool:
                     host.link.call("info")  # surfaces a stage() error too, below
                     ray.get(host.ready_ref, timeout=CALL_MARGIN_S)
                 except NodeLost as exc:
-                    self._lose(host, str(exc))
+                    self._lose(host, exc.detail)
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. no Docker engine on that node
                     cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the host's own error
@@ -327,7 +327,7 @@ class ClusterPool:
             except NodeLost as exc:
                 with self._lock:
                     host.in_use -= 1
-                    self._lose(host, str(exc))
+                    self._lose(host, exc.detail)
                 continue
             if "error" in reply:
                 with self._lock:

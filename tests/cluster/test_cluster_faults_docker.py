@@ -6,6 +6,7 @@ resources) until their module ends, and this run needs them.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,22 @@ from orchestrator.registry.store import INTERRUPTED
 from tests.cluster.runs import RESEARCHER, RUN, _env, _only_run, _records, _sandboxes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def test_bench_cluster_reports_the_dispatch_overhead_against_the_local_warm_pool(ray_cluster, tmp_path):
+    done = subprocess.run(RESEARCHER + ["bench", "--cluster", ray_cluster.client_address, "--candidates", "2",
+                                        "--epochs", "2", "--parallel", "2", "--json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+                          env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    local, cluster = report["modes"]["local_warm_parallel2"], report["modes"]["cluster_parallel2"]
+    assert local["failures"] == [] and cluster["failures"] == []
+    assert report["cluster_overhead_ratio"] == round(cluster["wall_s"] / local["wall_s"], 3) > 0
+    assert sum(n["jobs"] for n in report["nodes"]) == 2
+    # the same candidates, trained the same way, on this host or through a node
+    assert report["accuracy_mean"]["local_warm_parallel2"] == report["accuracy_mean"]["cluster_parallel2"]
+    assert not _sandboxes()
 
 
 def test_sigterm_kills_the_sandboxes_on_every_node_and_resume_finishes_on_the_cluster(ray_cluster, tmp_path):

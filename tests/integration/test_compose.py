@@ -159,8 +159,11 @@ def test_paths_are_the_same_inside_and_out_and_each_orchestrator_has_its_launche
 def test_every_run_option_is_passed_through_from_the_environment(tmp_path):
     parser = cli.build_parser()
     [sub] = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-    wanted = {cli.env_var(a) for a in sub.choices["run"]._actions} - {None}
+    # --cluster is not compose's: its orchestrator starts sandboxes only through its launcher, and a
+    # Ray cluster is started with `ray start` on the hosts (--cluster cannot go with --launcher).
+    wanted = {cli.env_var(a) for a in sub.choices["run"]._actions} - {None, "RESEARCHER_CLUSTER"}
     env = _config(tmp_path, [])["services"]["orchestrator"]["environment"]
+    assert "RESEARCHER_CLUSTER" not in env and "RAY_ADDRESS" not in env
     assert wanted <= set(env), sorted(wanted - set(env))
     settings = {"RESEARCHER_SEEDS": "2", "RESEARCHER_DEVICE": "cuda", "RESEARCHER_JOBS_DIR": "/tmp/rj"}
     proc = _compose("config", cwd=tmp_path, env=_env(tmp_path, **settings))
