@@ -196,29 +196,33 @@ def run_warm(items, prepared, spec, data_dir: Path, backend, config: SandboxConf
              spare: int = DEFAULT_SPARE, name: str | None = None) -> ModeResult:
     """Warm pool: slots Ready before the jobs come; ``parallel`` jobs at once."""
     from orchestrator.sandbox.pool import WarmPool
-    from orchestrator.sandbox.runner import execute
 
-    facts = prepared.facts()
     result = ModeResult(name or f"sandbox_warm_parallel{parallel}")
     with WarmPool(backend, config, size=parallel, spare=spare, data_dir=data_dir) as pool:
         _wait_full(pool, parallel + spare)  # fill the pool first: its start-up is not the jobs'
-
-        def one(item):
-            with pool.acquire() as slot:
-                return execute(slot, _job(item, facts, spec, config), n_test=prepared.n_eval)
-
-        with _clock(result), ThreadPoolExecutor(max_workers=parallel) as workers:
-            for job_result in workers.map(one, items):
-                _collect(result, job_result, prepared)
+        _through(pool, items, prepared, spec, config, parallel, result)
     return result
+
+
+def _through(pool, items, prepared, spec, config: SandboxConfig, parallel: int, result: ModeResult) -> None:
+    """Run ``items`` on ``pool``'s slots (a warm pool or a cluster's), ``parallel`` at once, timed."""
+    from orchestrator.sandbox.runner import execute
+
+    facts = prepared.facts()
+
+    def one(item):
+        with pool.acquire() as slot:
+            return execute(slot, _job(item, facts, spec, config), n_test=prepared.n_eval)
+
+    with _clock(result), ThreadPoolExecutor(max_workers=parallel) as workers:
+        for job_result in workers.map(one, items):
+            _collect(result, job_result, prepared)
 
 
 def run_cluster(items, prepared, spec, data_dir: Path, address: str, config: SandboxConfig, parallel: int) -> ModeResult:
     """The same jobs through a Ray cluster's sandbox hosts (``--cluster``), ``parallel`` at once."""
     from orchestrator.cluster.pool import ClusterPool
-    from orchestrator.sandbox.runner import execute
 
-    facts = prepared.facts()
     result = ModeResult(f"cluster_parallel{parallel}")
     with ClusterPool(address, config, data_dir=data_dir) as pool:
         ready = pool.wait_ready(parallel)  # hosts started, data staged: not the jobs' time
@@ -226,14 +230,7 @@ def run_cluster(items, prepared, spec, data_dir: Path, address: str, config: San
             raise UsageError(f"the cluster at {address} has {ready} slot(s) of {config.cpus:g} CPU(s); "
                              f"--parallel {parallel} needs {parallel}: add nodes or lower --parallel")
         time.sleep(5.0)  # each host's slots finish their imports, as the local warm pool is filled first
-
-        def one(item):
-            with pool.acquire() as slot:
-                return execute(slot, _job(item, facts, spec, config), n_test=prepared.n_eval)
-
-        with _clock(result), ThreadPoolExecutor(max_workers=parallel) as workers:
-            for job_result in workers.map(one, items):
-                _collect(result, job_result, prepared)
+        _through(pool, items, prepared, spec, config, parallel, result)
         result.nodes = pool.nodes()
     return result
 
