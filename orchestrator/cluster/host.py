@@ -14,9 +14,7 @@ with ``ray.remote`` (a threaded actor, so a blocking ``recv`` never holds up a
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -64,10 +62,6 @@ class SandboxHost:
         self._decoder = worker_decoder()
 
     # ------------------------------------------------------------------ set-up
-
-    def info(self) -> dict:
-        """Who this host is: its node, slots and GPUs (also proves the actor is up)."""
-        return {"hostname": socket.gethostname(), "pid": os.getpid(), "slots": self.slots, "gpus": list(self.gpus)}
 
     def stage(self, files: dict[str, bytes]) -> str:
         """Write the run's sandbox data (train/val with labels, evaluation inputs) to a node-local

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.cluster.remote import CALL_MARGIN_S, HostLink, RemoteSlot
+from orchestrator.cluster.remote import CALL_MARGIN_S, HostLink, RemoteSlot, ray_errors
 from orchestrator.exceptions import NodeLost, SandboxUnavailable, UsageError
 from orchestrator.sandbox.config import SandboxConfig
 
@@ -257,10 +257,9 @@ class ClusterPool:
         for host in starting:
             if host.ready_ref in done:
                 try:
-                    host.link.call("info")  # surfaces a stage() error too, below
-                    ray.get(host.ready_ref, timeout=CALL_MARGIN_S)
-                except NodeLost as exc:
-                    self._lose(host, exc.detail)
+                    ray.get(host.ready_ref, timeout=CALL_MARGIN_S)  # done: returns at once, or raises stage()'s error
+                except ray_errors() as exc:  # the actor or its node died while starting
+                    self._lose(host, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. no Docker engine on that node
                     cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the host's own error

@@ -20,6 +20,7 @@ import msgspec
 from orchestrator.exceptions import NodeLost, ProtocolViolation
 from orchestrator.sandbox import bounds
 from orchestrator.sandbox.base import ExitStatus, Mounts
+from orchestrator.sandbox.channel import decode_frame
 from orchestrator.sandbox.config import SandboxConfig
 from sandbox_image.protocol import Job, Ready, WorkerMessage, encoder, worker_decoder
 
@@ -170,10 +171,7 @@ class RemoteChannel:
             raise ProtocolViolation(f"a frame of {len(frame):,} bytes from the worker, over the "
                                     f"{self.max_message_bytes} byte limit")
         self.received_bytes += len(frame)
-        try:
-            return self._decoder.decode(frame)
-        except msgspec.DecodeError as exc:
-            raise ProtocolViolation(f"undecodable message from the worker ({len(frame)} bytes): {exc}") from exc
+        return decode_frame(self._decoder, frame)
 
     def close(self) -> None:
         """Nothing is held here: the node closes the socket with the slot."""

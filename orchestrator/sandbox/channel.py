@@ -102,12 +102,20 @@ class Channel:
 
     def decode(self, frame) -> WorkerMessage:
         """One frame through the typed decoder; ProtocolViolation for anything else."""
-        try:
-            return self._decoder.decode(frame)
-        except msgspec.DecodeError as exc:
-            raise ProtocolViolation(f"undecodable message from the worker ({len(frame)} bytes): {exc}") from exc
+        return decode_frame(self._decoder, frame)
 
     def close(self) -> None:
         """Close the socket and remove its file."""
         self._sock.close(linger=0)
         self.path.unlink(missing_ok=True)
+
+
+def decode_frame(decoder: msgspec.msgpack.Decoder, frame) -> WorkerMessage:
+    """A worker's frame through ``decoder`` (``worker_decoder()``); ProtocolViolation for anything else.
+
+    The one decoding step for every frame, from a local socket or forwarded by a cluster node.
+    """
+    try:
+        return decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise ProtocolViolation(f"undecodable message from the worker ({len(frame)} bytes): {exc}") from exc
