@@ -31,7 +31,9 @@ def test_bench_cluster_reports_the_dispatch_overhead_against_the_local_warm_pool
     report = json.loads(done.stdout)
     local, cluster = report["modes"]["local_warm_parallel2"], report["modes"]["cluster_parallel2"]
     assert local["failures"] == [] and cluster["failures"] == []
-    assert report["cluster_overhead_ratio"] == round(cluster["wall_s"] / local["wall_s"], 3) > 0
+    # the walls in the report are rounded to ms, the ratio is of the unrounded ones
+    assert report["cluster_overhead_ratio"] > 0
+    assert abs(report["cluster_overhead_ratio"] - cluster["wall_s"] / local["wall_s"]) < 0.002
     assert sum(n["jobs"] for n in report["nodes"]) == 2
     # the same candidates, trained the same way, on this host or through a node
     assert report["accuracy_mean"]["local_warm_parallel2"] == report["accuracy_mean"]["cluster_parallel2"]
