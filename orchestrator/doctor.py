@@ -10,7 +10,8 @@ from orchestrator.exceptions import SandboxUnavailable
 from orchestrator.safetext import inert
 from orchestrator.sandbox.config import DEFAULT_IMAGE
 
-_MIN_FREE_GB = 10.0
+_RUNS_FREE_GB = 2.0  # a run's registry, predictions, plots and checkpoints
+_BUILD_FREE_GB = 10.0  # and building the sandbox image (about 6 GB) on this disk
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,13 @@ def _gpu_names() -> list[str]:
     return [f"{index}: {name}" for index, name in host_gpus()]
 
 
-def check_disk(path: Path) -> Finding:
-    """Free disk where runs and images go."""
+def check_disk(path: Path, *, image_built: bool) -> Finding:
+    """Free disk where runs go; with room to build the sandbox image when it is not built yet."""
     free = shutil.disk_usage(path).free / 1e9
-    return Finding("free disk", free >= _MIN_FREE_GB, f"{free:.0f} GB free at {path}",
-                   f"free at least {_MIN_FREE_GB:.0f} GB (the sandbox image alone is about 6 GB)")
+    need, purpose = ((_RUNS_FREE_GB, "for runs") if image_built else
+                     (_BUILD_FREE_GB, "to build the sandbox image (about 6 GB) and hold runs"))
+    return Finding("free disk", free >= need, f"{free:.0f} GB free at {path}",
+                   f"free at least {need:.0f} GB {purpose}")
 
 
 def check_datasets(data_dir: str | None) -> list[Finding]:
@@ -135,7 +138,7 @@ def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path("
     """Every finding, in table order; through the launcher at ``launcher`` when given."""
     if launcher:
         findings = check_launcher(launcher, image)
-        findings.append(check_disk(runs_dir if runs_dir.exists() else Path(".")))
+        findings.append(check_disk(runs_dir if runs_dir.exists() else Path("."), image_built=True))
         findings.extend(check_datasets(data_dir))
         return findings
     engine, client = check_engine()
@@ -149,7 +152,8 @@ def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path("
             client.close()
     else:
         findings.append(Finding("sandbox image", False, "unknown: no engine", "start the engine first"))
-    findings.append(check_disk(runs_dir if runs_dir.exists() else Path(".")))
+    image_built = any(f.check == "sandbox image" and f.ok for f in findings)
+    findings.append(check_disk(runs_dir if runs_dir.exists() else Path("."), image_built=image_built))
     findings.extend(check_datasets(data_dir))
     return findings
 

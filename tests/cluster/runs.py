@@ -39,7 +39,8 @@ def _sandboxes() -> list[str]:
 
     client = docker.from_env()
     try:
-        return [c.name for c in client.containers.list(all=True, filters={"label": "org.pytorch-researcher.role=sandbox"})]
+        return [c.name for c in client.containers.list(all=True, ignore_removed=True,
+                                                          filters={"label": "org.pytorch-researcher.role=sandbox"})]
     finally:
         client.close()
 

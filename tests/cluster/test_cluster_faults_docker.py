@@ -46,16 +46,21 @@ def test_sigterm_kills_the_sandboxes_on_every_node_and_resume_finishes_on_the_cl
     proc = subprocess.Popen(RESEARCHER + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     run_dir = tmp_path / "runs" / "r"
-    until = time.monotonic() + 300
-    nodes: set[str] = set()
-    while len(nodes) < 2 and time.monotonic() < until and proc.poll() is None:
-        nodes = {payload for kind, payload in _events(run_dir) if kind == "candidate_placed"}
-        time.sleep(0.2)
-    assert len(nodes) == 2, "candidates never ran on both nodes at once"
-    time.sleep(2.0)  # both sandboxes are up and training
-    assert len(_sandboxes()) >= 2
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        until = time.monotonic() + 300
+        nodes: set[str] = set()
+        while len(nodes) < 2 and time.monotonic() < until and proc.poll() is None:
+            nodes = {payload for kind, payload in _events(run_dir) if kind == "candidate_placed"}
+            time.sleep(0.2)
+        assert len(nodes) == 2, "candidates never ran on both nodes at once"
+        time.sleep(2.0)  # both sandboxes are up and training
+        assert len(_sandboxes()) >= 2
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a failed check above must not leave the run going into the next test
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode != 0
     left = _sandboxes()
     assert not left, f"sandboxes left on the nodes after SIGTERM: {left}"

@@ -47,3 +47,22 @@ def test_the_orchestrator_image_is_optional_and_named_with_its_build_command(doc
     assert "pytorch-researcher:latest not built" in missing.detail and missing.fix == "researcher image build --orchestrator"
     present = check_orchestrator_image(docker_client)  # scripts/setup.sh builds it
     assert present.ok and f"protocol {PROTOCOL_VERSION}" in present.detail
+
+
+@pytest.mark.parametrize(("free_gb", "image_built", "ok", "fix"), [
+    (9, True, True, ""),  # the image is built: runs need little
+    (1, True, False, "free at least 2 GB for runs"),
+    (9, False, False, "free at least 10 GB to build the sandbox image (about 6 GB) and hold runs"),
+    (12, False, True, ""),
+])
+def test_the_free_disk_needed_depends_on_whether_the_image_is_still_to_build(monkeypatch, tmp_path, free_gb,
+                                                                            image_built, ok, fix):
+    import shutil
+
+    from orchestrator.doctor import check_disk
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100e9, 100e9 - free_gb * 1e9,
+                                                                                     free_gb * 1e9))
+    finding = check_disk(tmp_path, image_built=image_built)
+    assert finding.ok is ok and finding.detail == f"{free_gb} GB free at {tmp_path}"
+    assert (finding.fix if not ok else "") == fix
