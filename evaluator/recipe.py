@@ -27,6 +27,9 @@ headline metric is accuracy, and validation loss can rise while accuracy still i
 the constant schedule and 0, never stop early, with a schedule that must run to its end
 to anneal.
 
+``fit_val`` (a final training) trains on train + val: the weights of the last epoch are
+kept, nothing stops early, and the val curve, now on trained data, is a diagnostic only.
+
 Truncation: ``deadline`` (the worker's share of ``time_budget_s``) is checked after every
 batch; when it passes, the epoch ends there, is validated, the best weights are restored
 and the test inputs predicted as usual, and the result says ``truncated``.
@@ -142,7 +145,7 @@ def train_seed(
     with _determinism(dev):
         _seed_everything(seed)
         model = make_model().to(dev)  # after seeding, so the init is reproducible
-        tensors = _Tensors.build(data, dev)
+        tensors = _Tensors.build(data, dev, fit_val=spec.fit_val)
         loop = _Loop(model, tensors, spec, dev, seed)
         run = loop.run(on_epoch, deadline)
         logits = _predict(model, tensors.test_x, dev, loop.eval_batch,
@@ -198,7 +201,12 @@ def momentum_at(spec: TrainSpec, step: int, total_steps: int) -> float | None:
 
 
 def effective_patience(spec: TrainSpec) -> int:
-    """``spec.patience``, or its default: 5 for the constant schedule, 0 (never stop early) otherwise."""
+    """``spec.patience``, or its default: 5 for the constant schedule, 0 (never stop early) otherwise.
+
+    Always 0 with ``fit_val``: the val split is trained on, so it cannot say when to stop.
+    """
+    if spec.fit_val:
+        return 0
     if spec.patience is not None:
         return spec.patience
     return DEFAULT_PATIENCE if spec.schedule == "constant" else 0
@@ -322,19 +330,25 @@ class _Tensors:
     test_x: torch.Tensor
 
     @classmethod
-    def build(cls, data: TrainData, device: torch.device) -> _Tensors:
-        """Copy each (possibly memory-mapped, read-only) array once, onto the device if it fits."""
+    def build(cls, data: TrainData, device: torch.device, *, fit_val: bool = False) -> _Tensors:
+        """Copy each (possibly memory-mapped, read-only) array once, onto the device if it fits.
+
+        ``fit_val``: the training tensors are train followed by val.
+        """
         arrays = (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x)
-        total = sum(int(a.nbytes) for a in arrays)
+        total = sum(int(a.nbytes) for a in arrays) + (int(data.val_x.nbytes) + int(data.val_y.nbytes)) * fit_val
         target = device if total <= _MAX_DEVICE_BYTES else torch.device("cpu")
 
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             # np.array copies: torch.from_numpy on a read-only mmap would warn.
             return torch.from_numpy(np.array(array)).to(dtype=dtype, device=target)
 
+        train_x, train_y = data.train_x, data.train_y
+        if fit_val:
+            train_x, train_y = np.concatenate([train_x, data.val_x]), np.concatenate([train_y, data.val_y])
         return cls(
-            train_x=tensor(data.train_x, torch.float32),
-            train_y=tensor(data.train_y, torch.int64),
+            train_x=tensor(train_x, torch.float32),
+            train_y=tensor(train_y, torch.int64),
             val_x=tensor(data.val_x, torch.float32),
             val_y=tensor(data.val_y, torch.int64),
             test_x=tensor(data.test_x, torch.float32),
@@ -405,7 +419,7 @@ class _Loop:
             run.curves.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
-            stale = 0 if best.offer(stats, self.model) else stale + 1
+            stale = 0 if self.spec.fit_val or best.offer(stats, self.model) else stale + 1
             if cut or (epoch < epochs and deadline is not None and time.monotonic() >= deadline):
                 run.truncated = True
                 break
@@ -414,7 +428,7 @@ class _Loop:
                 break
         if best.state is not None:
             self.model.load_state_dict(best.state)
-        run.best_epoch = best.epoch
+        run.best_epoch = len(run.curves) if self.spec.fit_val else best.epoch
         return run
 
     def _epoch(self, epoch: int, deadline: float | None) -> tuple[EpochStats, bool]:

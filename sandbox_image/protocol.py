@@ -26,7 +26,7 @@ from typing import Annotated
 
 import msgspec
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: TrainSpec.fit_val
 
 #: Label on the sandbox image that carries the protocol version it speaks.
 IMAGE_PROTOCOL_LABEL = "org.pytorch-researcher.protocol"
@@ -124,6 +124,9 @@ class TrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     label_smoothing: float = 0.0  # of the training loss only
     tta_flip: bool = False  # average the logits of flipped test images (only when hflip_ok)
     channels_last: bool = False  # channels_last memory format for images, used only on cuda
+    # Train on train + val (a final training): nothing is held out to pick weights by or to
+    # stop on, so the last epoch's weights are kept and the val curve is on trained data.
+    fit_val: bool = False
 
 
 class DataSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -26,6 +26,7 @@ PRIOR_EXPONENT = {"cpu": 1.0, "cuda": 0.5}
 SAFETY = 1.2  # estimates are padded by this factor before they are compared with time left
 FINAL_SHARE = 0.4  # a final training is planned to take at most this share of the run
 MAX_EPOCHS = 500  # TrainSpec's bound
+UNTIMED_FINAL_FACTOR = 3  # a final training's epochs, x its design's, where no time budget sizes it
 _EXPONENT_RANGE = (0.2, 1.2)
 _MIN_SPREAD = math.log(4.0)  # of log MACs, to fit the exponent instead of assuming it
 
@@ -158,6 +159,7 @@ class Budget:
     run_seconds: float | None = None  # the most time left ever seen: the run's budget
     candidate_s: float | None = None  # the most one candidate may train
     candidates_left: int | None = None
+    final_scale: float = 1.0  # a final epoch's time / its design's (it trains on train + val)
     _raw: dict[str, float] = field(default_factory=dict)  # key -> seconds / (epochs x seeds)
 
     def set(self, seconds_left: float | None, candidate_s: float | None,
@@ -188,6 +190,11 @@ class Budget:
         """Seconds per epoch and seed candidate ``key`` measured (overhead out where known)."""
         return self.timer.measured_per_epoch(key) or self._raw.get(key)
 
+    def final_per_epoch(self, key: str) -> float | None:
+        """Seconds per epoch and seed of a final training of design ``key`` (None: not timed)."""
+        per_epoch = self.per_epoch_of(key)
+        return None if per_epoch is None else per_epoch * self.final_scale
+
     def cheapest(self, epochs: int) -> float | None:
         """Padded seconds of the cheapest measured design trained ``epochs`` (None before any)."""
         fastest = self.timer.cheapest_per_epoch()
@@ -207,17 +214,21 @@ class Budget:
             limits.append(left if reserve is None else min(left - reserve, left / 2.5))
         return min(limits) if limits else None
 
-    def final_plan(self, key: str, base: int, factor: float) -> tuple[int, float | None] | None:
+    def final_plan(self, key: str, base: int, most: float) -> tuple[int, float | None] | None:
         """(epochs, padded seconds) of training design ``key`` longer than its ``base`` epochs.
 
-        ``factor`` x the epochs, but no more than ``FINAL_SHARE`` of the run (at least 1.5x)
-        and than one candidate may take; None when that is not longer enough to be worth it.
+        With a time budget, the epochs that fill ``FINAL_SHARE`` of the run: spending what
+        the search leaves on the best design is the final's point. Without one, or before
+        the design is timed, ``UNTIMED_FINAL_FACTOR`` x the epochs. Never more than ``most``
+        x the epochs, nor than one candidate may take; None when that is not longer enough
+        (1.5x) to be worth it.
         """
-        epochs = min(round(factor * base), MAX_EPOCHS)
-        per_epoch = self.per_epoch_of(key)
+        cap = min(math.floor(most * base), MAX_EPOCHS)
+        epochs = min(round(UNTIMED_FINAL_FACTOR * base), cap)
+        per_epoch = self.final_per_epoch(key)
         if per_epoch is not None and self.run_seconds:
             share = self.epochs_within(FINAL_SHARE * self.run_seconds, per_epoch)
-            epochs = min(epochs, max(share, shortest_final(base)))
+            epochs = min(max(share, shortest_final(base)), cap)
         if per_epoch is not None and self.candidate_s is not None:
             epochs = min(epochs, self.epochs_within(self.candidate_s, per_epoch))
         if epochs < shortest_final(base):
@@ -226,7 +237,7 @@ class Budget:
 
     def fit_left(self, key: str, epochs: int) -> int:
         """``epochs``, fewer where the time left cannot train design ``key`` that long."""
-        per_epoch = self.per_epoch_of(key)
+        per_epoch = self.final_per_epoch(key)
         if self.seconds_left is None or per_epoch is None:
             return epochs
         return min(epochs, self.epochs_within(self.seconds_left, per_epoch))

@@ -13,7 +13,8 @@ planner estimates each candidate's time from measured epochs (``planning.budget`
 and plans it shorter, or swaps it for a smaller model, when it would not fit the time
 left; with too little time for any of them it returns None. What remains at the end
 goes to one longer final training of the best design by ``Outcome.mean`` (the
-selection metric): its config and recipe for ``final_epochs_factor`` x its epochs, a
+selection metric): its config and recipe, on train + val, for the epochs that fill ``budget.FINAL_SHARE``
+of a budgeted run (3x its epochs without a budget; at most ``final_epochs_factor`` x), a
 proposal whose ``params[FINAL_OF]`` names the candidate it retrains and whose ``ref``
 ends in ``:final``. It is proposed exactly once per run (a resume finds it in the
 history): when the search no longer fits beside it, when one candidate is left, or
@@ -92,7 +93,7 @@ class OfflinePlanner:
                  max_params: int = DEFAULT_MAX_PARAMS, n_startup_trials: int = 10,
                  pruner: PrunerKind = "hyperband", reduction_factor: int = 3,
                  flips: bool | None = None, device: str = "cpu",
-                 final_epochs_factor: float = 3.0) -> None:
+                 final_epochs_factor: float = 10.0) -> None:
         if epochs is not None and not 1 <= epochs[0] <= epochs[1]:
             raise UsageError(f"epochs range {epochs} must be (low, high) with 1 <= low <= high")
         if pruner not in ("hyperband", "halving", "none") or reduction_factor < 2:
@@ -115,6 +116,8 @@ class OfflinePlanner:
         self._next = 0  # trial number of the next ask; survives rebuilds
         self._final: str | None = None  # candidate id retrained by the final training, once
         self._budget = Budget(EpochTimer.for_device(device), seeds=len(train_defaults.seeds))
+        if facts.n_train > 0 and facts.n_val > 0:  # a final trains on train + val
+            self._budget.final_scale = (facts.n_train + facts.n_val) / facts.n_train
         self._timed: set[str] = set()  # candidate ids measured
         self._best: Outcome | None = None  # the best design in the history, as of the last propose
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # tell() logs every trial at INFO
@@ -219,7 +222,7 @@ class OfflinePlanner:
         A final training is timed by the candidate it retrains; others by the fitted timer.
         """
         retrained = final_training_of(proposal)
-        per_epoch = None if retrained is None else self._budget.per_epoch_of(retrained)
+        per_epoch = None if retrained is None else self._budget.final_per_epoch(retrained)
         if per_epoch is None and proposal.config is not None:
             per_epoch = self._budget.timer.per_epoch(self._macs(proposal))
         return None if per_epoch is None else self._budget.cost(per_epoch, proposal.train.epochs)
@@ -327,8 +330,8 @@ class OfflinePlanner:
             return
         self._timed.add(cid)
         done = epoch_seeds(len(outcome.val_curve), len(proposal.train.seeds), outcome.pruned)
-        macs = None
-        if proposal.config is not None:
+        macs = None  # a final (train + val) would skew the timer's fit: kept for itself only
+        if proposal.config is not None and not proposal.train.fit_val:
             try:
                 macs = self._macs(proposal)
             except InvalidConfig:
@@ -388,9 +391,9 @@ class OfflinePlanner:
         base, epochs = best.proposal.train.epochs, self._budget.fit_left(best.candidate_id, plan[0])
         if epochs < shortest_final(base):
             return None
-        train = parse_train_spec(msgspec.structs.replace(best.proposal.train, epochs=epochs))
+        train = parse_train_spec(msgspec.structs.replace(best.proposal.train, epochs=epochs, fit_val=True))
         self._final = best.candidate_id
-        per_epoch = self._budget.per_epoch_of(best.candidate_id)
+        per_epoch = self._budget.final_per_epoch(best.candidate_id)
         about = "" if per_epoch is None else f", about {self._budget.cost(per_epoch, epochs):.0f} s"
         params: dict[str, ParamValue] = {FINAL_OF: best.candidate_id, "epochs": epochs,
                                          "base_epochs": base}
@@ -399,7 +402,7 @@ class OfflinePlanner:
             params=params,
             rationale=(f"final training of {best.candidate_id} (best selection "
                        f"{best.metric or 'metric'} {best.mean:.4f}): the same design and recipe "
-                       f"for {epochs} epochs instead of {base}{about}, with the time left"))
+                       f"for {epochs} epochs instead of {base}, on train + val{about}, with the time left"))
 
     # ------------------------------------------------------------- telling and resuming
 

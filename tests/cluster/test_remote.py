@@ -15,7 +15,7 @@ from orchestrator.sandbox.base import Mounts
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.local import SubprocessBackend
 from orchestrator.sandbox.runner import execute, new_job_id
-from sandbox_image.protocol import CheckReport, EpochStats, FailureKind, Job, Progress, Ready, encoder
+from sandbox_image.protocol import PROTOCOL_VERSION, CheckReport, EpochStats, FailureKind, Job, Progress, Ready, encoder
 from tests.cluster.fakes import DirectLink
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -108,7 +108,7 @@ def test_frames_are_counted_against_the_jobs_byte_budget():
 
 
 def test_a_ready_out_of_bounds_fails_the_job_unsent():
-    ready = encoder().encode(Ready(protocol=2, cuda_devices=3))
+    ready = encoder().encode(Ready(protocol=PROTOCOL_VERSION, cuda_devices=3))
     slot = RemoteSlot(FramesLink([]), {"slot": "s1", "ready": ready, "socket_path": "/job/worker.sock"}, CONFIG)
     assert "CUDA device" in slot.violation
 

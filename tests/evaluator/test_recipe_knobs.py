@@ -190,6 +190,23 @@ def test_a_schedule_runs_to_the_end_and_returns_the_best_weights(digits: Prepare
     assert float((logits.argmax(1) == val_y).float().mean()) == pytest.approx(best.val_acc)
 
 
+def test_fit_val_trains_on_train_and_val_and_keeps_the_last_weights(digits: PreparedData) -> None:
+    """Val labels shifted by one, as above: only fit_val learns them, and nothing stops early."""
+    x, y = digits.train_x[:400], digits.train_y[:400]
+    data = TrainData(x[:200], y[:200], x[200:], (y[200:] + 1) % 10, x[200:])
+    spec = TrainSpec(epochs=6, lr=0.05, optimizer="sgd", patience=1, fit_val=True)
+    assert effective_patience(spec) == 0
+    result = train_seed(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, spec, seed=0)
+    assert len(result.curves) == 6 and not result.stopped_early and result.best_epoch == 6
+    logits, shifted = torch.from_numpy(result.logits), torch.from_numpy(data.val_y)
+    last = result.curves[-1]
+    assert float((logits.argmax(1) == shifted).float().mean()) == pytest.approx(last.val_acc)  # the last weights
+    assert last.val_acc > 0.5  # it learnt the val labels: val was in its training data
+    plain = train_seed(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data,
+                       msgspec.structs.replace(spec, fit_val=False, patience=0), seed=0)
+    assert max(s.val_acc for s in plain.curves) < 0.2  # without it, val is never trained on
+
+
 class _Slow(nn.Module):
     """Sleeps 5 ms per training batch, so a deadline falls inside an epoch."""
 
