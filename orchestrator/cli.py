@@ -107,7 +107,8 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that set the sandbox's limits (shared by check, run and bench)."""
     group = parser.add_argument_group("sandbox")
     group.add_argument("--timeout", type=float, default=None, metavar="S",
-                       help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for check, 600 for check --train, 900 for run)")
+                       help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for check, 600 for check --train; 900 for run, more where --time-budget is over 30 min: "
+                            "enough for the final training's 40%%)")
     group.add_argument("--memory", default="2g", help="memory cap of the container, swap included (default: 2g)")
     group.add_argument("--cpus", type=float, default=None,
                        help="CPU cap of each container; torch threads follow it (default: run shares the cores between --parallel sandboxes, less a quarter kept for the orchestrator and warm-pool start-ups on hosts of 4+ cores; check uses all cores)")
@@ -392,7 +393,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     choice = dataset_choice(args)
     target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
     settings = settings_from_args(args, target, dataset=choice)
-    config = sandbox_config(args, default_timeout=900.0)
+    from orchestrator.loop import default_run_timeout
+
+    config = sandbox_config(args, default_timeout=default_run_timeout(settings.time_budget_s))
     if args.cluster:  # slots are the nodes' (their CPUs over --cpus, or their GPUs), not this machine's
         if args.cpus is None:
             config = msgspec.structs.replace(config, cpus=1.0)

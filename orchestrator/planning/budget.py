@@ -141,8 +141,9 @@ def epoch_seeds(epochs_trained: int, seeds: int, pruned: bool) -> int:
 
 
 def shortest_final(base: int) -> int:
-    """Fewest epochs that make a final training worth it: 1.5x the design's, at least one more."""
-    return max(base + 1, math.ceil(1.5 * base))
+    """Fewest epochs that make a final training worth it: one more than its design's (it
+    also trains on train + val, so even that is more training on more data)."""
+    return base + 1
 
 
 @dataclass
@@ -205,8 +206,8 @@ class Budget:
 
         At most the per-candidate cap. With a final training still to come (``reserve``
         its seconds, None once it is proposed), also the time left less the reserve, and
-        little enough that if this candidate turns out best, its own final training
-        (1.5x its epochs) still fits after it.
+        little enough that if this candidate turns out best, a longer final training of it
+        (on train + val) still fits after it.
         """
         limits = [] if self.candidate_s is None else [self.candidate_s]
         if self.seconds_left is not None:
@@ -220,8 +221,8 @@ class Budget:
         With a time budget, the epochs that fill ``FINAL_SHARE`` of the run: spending what
         the search leaves on the best design is the final's point. Without one, or before
         the design is timed, ``UNTIMED_FINAL_FACTOR`` x the epochs. Never more than ``most``
-        x the epochs, nor than one candidate may take; None when that is not longer enough
-        (1.5x) to be worth it.
+        x the epochs, nor than one candidate may take; None when that is not longer
+        (``shortest_final``).
         """
         cap = min(math.floor(most * base), MAX_EPOCHS)
         epochs = min(round(UNTIMED_FINAL_FACTOR * base), cap)
