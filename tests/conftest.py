@@ -1,11 +1,19 @@
 """Shared fixtures. Docker tests fail - never skip - when the engine or the image is missing."""
 
 import os
+import signal
 
 import pytest
 
 # Ryuk, testcontainers' reaper, is an image from a registry, which air-gapped hosts cannot pull.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+# A non-interactive shell starts background jobs with SIGINT ignored (`CI=true bash .ci/run &`),
+# children inherit "ignored" across exec, and Python then leaves Ctrl-C off, as it should for a
+# `nohup researcher run &`. The tests that interrupt a `researcher` subprocess with SIGINT need
+# it delivered: a handled signal is reset to the default in a child, so handle it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
