@@ -335,17 +335,17 @@ class _Tensors:
 
         ``fit_val``: the training tensors are train followed by val.
         """
-        arrays = (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x)
-        total = sum(int(a.nbytes) for a in arrays) + (int(data.val_x.nbytes) + int(data.val_y.nbytes)) * fit_val
+        train_x, train_y = data.train_x, data.train_y
+        if fit_val:
+            train_x, train_y = np.concatenate([train_x, data.val_x]), np.concatenate([train_y, data.val_y])
+        arrays = (train_x, train_y, data.val_x, data.val_y, data.test_x)
+        total = sum(int(a.nbytes) for a in arrays)
         target = device if total <= _MAX_DEVICE_BYTES else torch.device("cpu")
 
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             # np.array copies: torch.from_numpy on a read-only mmap would warn.
             return torch.from_numpy(np.array(array)).to(dtype=dtype, device=target)
 
-        train_x, train_y = data.train_x, data.train_y
-        if fit_val:
-            train_x, train_y = np.concatenate([train_x, data.val_x]), np.concatenate([train_y, data.val_y])
         return cls(
             train_x=tensor(train_x, torch.float32),
             train_y=tensor(train_y, torch.int64),

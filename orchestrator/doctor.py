@@ -145,15 +145,14 @@ def diagnose(*, image: str, data_dir: str | None = None, runs_dir: Path = Path("
     findings = [engine]
     if client is not None:
         try:
-            findings.append(check_image(client, image))
+            findings.append(sandbox := check_image(client, image))
             findings.append(check_orchestrator_image(client))
             findings.extend(check_runtimes(client.info()))
         finally:
             client.close()
     else:
-        findings.append(Finding("sandbox image", False, "unknown: no engine", "start the engine first"))
-    image_built = any(f.check == "sandbox image" and f.ok for f in findings)
-    findings.append(check_disk(runs_dir if runs_dir.exists() else Path("."), image_built=image_built))
+        findings.append(sandbox := Finding("sandbox image", False, "unknown: no engine", "start the engine first"))
+    findings.append(check_disk(runs_dir if runs_dir.exists() else Path("."), image_built=sandbox.ok))
     findings.extend(check_datasets(data_dir))
     return findings
 
