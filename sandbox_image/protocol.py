@@ -123,7 +123,7 @@ class TrainSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     nesterov: bool = False  # sgd only
     label_smoothing: float = 0.0  # of the training loss only
     tta_flip: bool = False  # average the logits of flipped test images (only when hflip_ok)
-    channels_last: bool = False  # channels_last memory format for images, used only on cuda
+    channels_last: bool = False  # channels_last memory format for images (CPU and CUDA)
     # Train on train + val (a final training): nothing is held out to pick weights by or to
     # stop on, so the last epoch's weights are kept and the val curve is on trained data.
     fit_val: bool = False
