@@ -108,7 +108,7 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sandbox")
     group.add_argument("--timeout", type=float, default=None, metavar="S",
                        help="wall-clock limit of one job in seconds, enforced by killing the container (default: 120 for check, 600 for check --train; 900 for run, more where --time-budget is over 30 min: "
-                            "enough for the final training's 40%%)")
+                            "enough for the final training's 40%%, padded as estimates are)")
     group.add_argument("--memory", default="2g", help="memory cap of the container, swap included (default: 2g)")
     group.add_argument("--cpus", type=float, default=None,
                        help="CPU cap of each container; torch threads follow it (default: run shares the cores between --parallel sandboxes, less a quarter kept for the orchestrator and warm-pool start-ups on hosts of 4+ cores; check uses all cores)")

@@ -24,7 +24,7 @@ from orchestrator import logs
 from orchestrator.evaluation import score_result
 from orchestrator.exceptions import NodeLost, SandboxUnavailable
 from orchestrator.planning.assembler import render
-from orchestrator.planning.budget import FINAL_SHARE
+from orchestrator.planning.budget import FINAL_SHARE, SAFETY
 from orchestrator.planning.types import InvalidConfig, Outcome, Planner, Proposal, should_prune
 from orchestrator.registry import CandidateRecord, Registry
 from orchestrator.registry.store import INTERRUPTED
@@ -39,15 +39,17 @@ MAX_PLANNER_ERRORS = 5
 #: A candidate trains for at most this share of the sandbox's hard limit, less a margin for
 #: start-up and predictions; it always gets at least MIN_CANDIDATE_S.
 SANDBOX_SHARE, SANDBOX_MARGIN_S, MIN_CANDIDATE_S = 0.85, 5.0, 20.0
-RUN_TIMEOUT_S = 900.0  # `run`'s --timeout when not given, for time budgets up to about 30 minutes
+RUN_TIMEOUT_S = 900.0  # `run`'s --timeout when not given, for time budgets up to LONG_RUN_S
+LONG_RUN_S = 1800.0
 
 
 def default_run_timeout(time_budget_s: float | None) -> float:
-    """`run`'s --timeout when not given: 900 s, or long enough for the final training's share
-    (``planning.budget.FINAL_SHARE``) of a longer time budget to fit one candidate's cap."""
-    if not time_budget_s:
+    """`run`'s --timeout when not given: 900 s, or for a time budget over 30 minutes long enough
+    for the final training's share (``planning.budget.FINAL_SHARE``) of it, padded as the
+    planner pads its estimates (``SAFETY``), to fit one candidate's cap."""
+    if not time_budget_s or time_budget_s <= LONG_RUN_S:
         return RUN_TIMEOUT_S
-    needed = (FINAL_SHARE * time_budget_s + SANDBOX_MARGIN_S) / SANDBOX_SHARE
+    needed = (FINAL_SHARE * SAFETY * time_budget_s + SANDBOX_MARGIN_S) / SANDBOX_SHARE
     return float(max(RUN_TIMEOUT_S, math.ceil(needed)))
 
 

@@ -233,7 +233,7 @@ def test_runs_default_timeout_leaves_room_for_the_final_trainings_share() -> Non
     from orchestrator.planning.budget import Budget
 
     assert default_run_timeout(None) == default_run_timeout(1800.0) == 900.0
-    assert default_run_timeout(3600.0) == 1700.0  # (0.4 x 3600 + 5) / 0.85
+    assert default_run_timeout(3600.0) == 2039.0  # (0.4 x 1.2 x 3600 + 5) / 0.85
     # An hour on 2 cores (measured): a 12-epoch design at 21.3 s per epoch and seed, 3 seeds, 767 s.
     # Under the old fixed 900 s its final (18 epochs then) could not fit one candidate's cap, and
     # the run ended without one. Now it gets the epochs that fill its share, on train + val.
@@ -246,3 +246,71 @@ def test_runs_default_timeout_leaves_room_for_the_final_trainings_share() -> Non
     budget.set(3600.0, SANDBOX_SHARE * 900.0 - SANDBOX_MARGIN_S, None)  # a user's explicit --timeout 900 still binds
     short = budget.final_plan("c001", 12, 10.0)
     assert short is None or short[1] <= budget.candidate_s
+
+
+def test_the_hour_runs_measured_design_gets_its_final_within_one_candidates_cap() -> None:
+    """Replays the hour on 2 cores where no final came: the start design took 1083 s for 12
+    epochs x 3 seeds (30% of the run), so its shortest final (13 epochs on train + val, padded)
+    needed more than the 1440 s one candidate could take under the old default --timeout."""
+    from orchestrator.loop import SANDBOX_MARGIN_S, SANDBOX_SHARE, default_run_timeout
+    from orchestrator.planning.budget import Budget
+
+    budget = Budget(EpochTimer(), seeds=3, final_scale=54000 / 45900)
+    budget.measure("c001", 7_344_000, 1083.3, 36)
+    budget.measure("c002", 9_345_920, 841.3, 21)
+    old_cap = SANDBOX_SHARE * 1700.0 - SANDBOX_MARGIN_S
+    budget.set(3600.0 - 1941.0, old_cap, None)
+    assert budget.final_plan("c001", 12, 10.0) is None  # what happened
+    budget.set(3600.0 - 1941.0, SANDBOX_SHARE * default_run_timeout(3600.0) - SANDBOX_MARGIN_S, None)
+    plan = budget.final_plan("c001", 12, 10.0)
+    assert plan is not None and plan[0] >= 13 and plan[1] is not None
+    assert plan[1] <= budget.candidate_s
+
+
+class OverrunningDevice(FakeDevice):
+    """A device whose search candidates take 0.8x to 1.5x what their MACs say (seeded): the
+    timer's estimates of a new design are that far off; a final is timed by its own design."""
+
+    def __init__(self, facts: PlannerFacts, seconds_per_gmac: float, seed: int) -> None:
+        import random
+
+        super().__init__(facts, seconds_per_gmac)
+        self.factors = random.Random(seed)
+        self.by_design: dict[object, float] = {}
+
+    def seconds(self, proposal: Proposal) -> float:
+        factor = self.by_design.setdefault(proposal.config, self.factors.uniform(0.8, 1.5))
+        return super().seconds(proposal) * factor
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_search_candidates_leave_the_final_its_time_with_slack_for_overruns(seed: int) -> None:
+    """Every search candidate proposed while the final is still to come leaves more than the
+    final's planned time (``FINAL_SLACK`` x it: a candidate may overrun its estimate by the
+    difference without costing the final), and each run still ends with exactly one final."""
+    planner = OfflinePlanner(FASHION, ACCURACY, seed=seed, flips=True,
+                             train_defaults=TrainSpec(seeds=(0, 1, 2)))
+    device = OverrunningDevice(FASHION, 30.0, seed)
+    history: list[Outcome] = []
+    kept = 0
+    while device.clock < 3600.0:
+        left = 3600.0 - device.clock
+        planner.set_budget(left, candidate_s=SANDBOX_CAP_HOUR)
+        proposal = planner.propose(history)
+        if proposal is None:
+            break
+        plan = planner._final_plan(planner._best)
+        estimate = planner.estimate_seconds(proposal)
+        if planner.final_proposed is None and plan is not None and plan[1] is not None \
+                and estimate is not None and plan[1] <= left:
+            assert left - estimate >= 1.1 * plan[1], (proposal.rationale, left, plan)
+            kept += 1
+        outcome = device.train(proposal, f"c{len(history)}")
+        planner.observe(outcome)
+        history.append(outcome)
+    assert kept >= 1  # the invariant was checked on real proposals
+    finals = [o for o in history if final_training_of(o.proposal)]
+    assert len(finals) == 1 and finals[0].proposal.train.epochs > 12
+
+
+SANDBOX_CAP_HOUR = 0.85 * 2039.0 - 5.0  # one candidate's cap in an hour's run, default --timeout
