@@ -20,7 +20,7 @@ Epochs are numbered from 1. The recipe's knobs are ``TrainSpec`` fields:
 - On CUDA: ``amp`` autocasts to bf16 where the GPU has it (else fp16 with a loss scaler);
   a no-op on CPU. ``channels_last`` stores images and weights channels-last on every
   device: cuDNN's and oneDNN's convolutions are faster that way (on 2 Xeon cores, 1.1x
-  to 1.5x per epoch for the planner's plain CNNs and ResNets, ``scripts/cpu_layout_bench.py``).
+  to 1.6x per epoch for the planner's plain CNNs and ResNets, ``scripts/cpu_layout_bench.py``).
 
 Best weights: after every epoch the weights with the best validation accuracy (ties: the
 lower validation loss) are kept, and restored before the test logits are predicted. The
