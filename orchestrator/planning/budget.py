@@ -26,8 +26,8 @@ PRIOR_EXPONENT = {"cpu": 1.0, "cuda": 0.5}
 SAFETY = 1.2  # estimates are padded by this factor before they are compared with time left
 FINAL_SHARE = 0.4  # a final training is planned to take at most this share of the run
 #: The time kept for a final training is its padded estimate x this, so that a search candidate
-#: that overruns its own estimate cannot leave too little for it (measured: an hour's run lost its
-#: final when a 642 s estimate left 2 s beside the final's plan and nothing in reserve).
+#: that overruns its own estimate cannot drop the time left below the final's plan (from there
+#: the final can only shrink to its design's epochs + 1, or not come at all).
 FINAL_SLACK = 1.15
 MAX_EPOCHS = 500  # TrainSpec's bound
 UNTIMED_FINAL_FACTOR = 3  # a final training's epochs, x its design's, where no time budget sizes it
@@ -239,6 +239,11 @@ class Budget:
         if epochs < shortest_final(base):
             return None
         return epochs, None if per_epoch is None else self.cost(per_epoch, epochs)
+
+    def kept_for_final(self, seconds: float) -> float:
+        """Seconds kept for a final planned at ``seconds``: with ``FINAL_SLACK``, at most what is left."""
+        left = math.inf if self.seconds_left is None else self.seconds_left
+        return min(left, FINAL_SLACK * seconds)
 
     def fit_left(self, key: str, epochs: int) -> int:
         """``epochs``, fewer where the time left cannot train design ``key`` that long."""

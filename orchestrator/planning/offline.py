@@ -50,7 +50,7 @@ from optuna.trial import TrialState
 
 from orchestrator.exceptions import ResearcherError, UsageError
 from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze
-from orchestrator.planning.budget import FINAL_SLACK, Budget, EpochTimer, epoch_seeds, shortest_final
+from orchestrator.planning.budget import Budget, EpochTimer, epoch_seeds, shortest_final
 from orchestrator.planning.space import Params, SearchSpace, space_for
 from orchestrator.planning.types import (
     PlannerFacts,
@@ -368,7 +368,7 @@ class OfflinePlanner:
         left = self._budget.seconds_left
         if plan is None or plan[1] is None or left is None or plan[1] > left:
             return 0.0  # no final to keep time for, or it no longer fits: the search has it all
-        return min(left, FINAL_SLACK * plan[1])
+        return self._budget.kept_for_final(plan[1])
 
     def _final_due(self, best: Outcome | None) -> bool:
         """True when the final training should be the next proposal."""
@@ -384,7 +384,7 @@ class OfflinePlanner:
             epochs = budget.fit_left(best.candidate_id, plan[0])
             return epochs >= shortest_final(best.proposal.train.epochs)
         # no search candidate fits beside it, with the slack kept for estimates that run over
-        return budget.seconds_left - min(budget.seconds_left, FINAL_SLACK * plan[1]) < cheapest
+        return budget.seconds_left - budget.kept_for_final(plan[1]) < cheapest
 
     def _final_proposal(self, best: Outcome | None) -> Proposal | None:
         """The best design trained longer with what is left; None if done or not worth it."""
