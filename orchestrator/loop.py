@@ -177,6 +177,7 @@ class ResearchLoop:
                 return self._planner_error(f"the planner proposed an invalid candidate: {exc}")
             except Exception as exc:  # noqa: BLE001 - a planner's bug or a reply it choked on: log, go on
                 return self._planner_error(f"the planner failed: {type(exc).__name__}: {str(exc)[:300]}")
+            self._log_planner_notices()
         if proposal is None:
             return "the planner has nothing more to propose"
         llm_error = getattr(self.planner, "last_error", "")
@@ -200,6 +201,16 @@ class ResearchLoop:
         in_flight[workers.submit(self._evaluate, cid, proposal, source)] = (cid, proposal)
         self._refresh_view()
         return ""
+
+    def _log_planner_notices(self) -> None:
+        """Record and show what the planner wants the user to know (e.g. why no final training comes)."""
+        take = getattr(self.planner, "take_notices", None)
+        if take is None:
+            take = getattr(getattr(self.planner, "fallback", None), "take_notices", None)  # the LLM's offline one
+        for notice in take() if take is not None else ():
+            self.registry.log_event("planner_note", notice)
+            if self.view is not None:
+                self.view.message(notice)
 
     def _planner_error(self, message: str) -> str:
         """Log a planner failure; after ``MAX_PLANNER_ERRORS`` in a row, the loop stops (why, or '')."""

@@ -120,6 +120,8 @@ class OfflinePlanner:
             self._budget.final_scale = (facts.n_train + facts.n_val) / facts.n_train
         self._timed: set[str] = set()  # candidate ids measured
         self._best: Outcome | None = None  # the best design in the history, as of the last propose
+        self._notices: list[str] = []  # for the user, taken by the loop (``take_notices``)
+        self._noted: set[str] = set()  # designs already said to be too long for a final
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # tell() logs every trial at INFO
         self.study = optuna.create_study(
             direction=target.direction, sampler=self._sampler(0), study_name=study_name,
@@ -141,6 +143,7 @@ class OfflinePlanner:
         for outcome in history:
             self._measure(outcome)
         self._best = best = self._best_design(history)
+        self._note_final_over_cap(best)
         if self._final_due(best):
             return self._final_proposal(best)
         if self.max_trials is not None \
@@ -199,6 +202,11 @@ class OfflinePlanner:
             return False
         self._pruned.add(ref)
         return True
+
+    def take_notices(self) -> list[str]:
+        """What the user should know about the plan since the last call (each said once)."""
+        notices, self._notices = self._notices, []
+        return notices
 
     # ------------------------------------------------------------- what we know
 
@@ -360,6 +368,27 @@ class OfflinePlanner:
             return None
         return self._budget.final_plan(best.candidate_id, best.proposal.train.epochs,
                                        self._final_factor)
+
+    def _note_final_over_cap(self, best: Outcome | None) -> None:
+        """Say once per design when no final training of the best one fits one candidate's limit.
+
+        Without this a run would simply search to its end, and the user would not learn why the
+        best design was never trained longer (an hour's run on 2 cores met it: 1614 s needed,
+        1440 s allowed).
+        """
+        budget = self._budget
+        if self._final is not None or best is None or best.candidate_id in self._noted \
+                or budget.candidate_s is None or self._final_plan(best) is not None:
+            return
+        per_epoch = budget.final_per_epoch(best.candidate_id)
+        epochs = shortest_final(best.proposal.train.epochs)
+        if per_epoch is None or (needed := budget.cost(per_epoch, epochs)) <= budget.candidate_s:
+            return  # not the limit's doing
+        self._noted.add(best.candidate_id)
+        self._notices.append(
+            f"no final training of the best design so far ({best.candidate_id}): even {epochs} epochs on "
+            f"train + val would take about {needed:.0f} s, more than the {budget.candidate_s:.0f} s one candidate "
+            "may take; raise --timeout to give it one")
 
     def _reserve(self) -> float:
         """Seconds kept for the final training: its planned time with ``FINAL_SLACK`` while the

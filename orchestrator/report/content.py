@@ -16,7 +16,7 @@ from orchestrator.registry.store import best_of
 
 #: Events worth a line in the report's timeline (per-candidate ones are in the tables).
 NOTABLE_EVENTS = frozenset({"run_started", "interrupted", "resumed", "target_met", "budget_spent",
-                            "run_finished", "run_failed", "run_interrupted", "planner_stopped",
+                            "run_finished", "run_failed", "run_interrupted", "planner_stopped", "planner_note",
                             "cluster_node_ready", "cluster_node_lost", "cluster_node_broken", "candidate_node_lost"})
 
 

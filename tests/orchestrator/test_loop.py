@@ -147,3 +147,32 @@ def test_ctrl_c_kills_candidates_mid_training_instead_of_waiting_for_them(tmp_pa
     with Registry.open(tmp_path / "r5", readonly=True) as registry:
         assert registry.run_info().status == "interrupted"
         assert [r.status for r in registry.candidates()] == ["running", "running"]  # resume redoes them
+
+
+class NoticingPlanner(ScriptedPlanner):
+    """Has something to tell the user with its second proposal."""
+
+    def __init__(self, sources):
+        super().__init__(sources)
+        self.notices = []
+
+    def propose(self, history):
+        if len(history) == 1:
+            self.notices.append("no final training of the best design so far (c001): raise --timeout")
+        return super().propose(history)
+
+    def take_notices(self):
+        taken, self.notices = self.notices, []
+        return taken
+
+
+def test_the_planners_notices_are_recorded_shown_and_reported(tmp_path, monkeypatch, capsys):
+    planner = NoticingPlanner([GOOD, GOOD])
+    monkeypatch.setattr("orchestrator.research.make_planner", lambda *a: planner)
+    start_run(_settings(name="r4", max_candidates=5), root=tmp_path, config=CONFIG, secrets=Secrets(),
+              backend_factory=SubprocessBackend)
+    with Registry.open(tmp_path / "r4", readonly=True) as registry:
+        notes = [e.message for e in registry.events() if e.kind == "planner_note"]
+    assert notes == ["no final training of the best design so far (c001): raise --timeout"]
+    assert notes[0] in capsys.readouterr().err  # the live view
+    assert notes[0] in (tmp_path / "r4" / "report.md").read_text()

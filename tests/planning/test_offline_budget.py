@@ -314,3 +314,33 @@ def test_search_candidates_leave_the_final_its_time_with_slack_for_overruns(seed
 
 
 SANDBOX_CAP_HOUR = 0.85 * 2039.0 - 5.0  # one candidate's cap in an hour's run, default --timeout
+
+
+def test_a_final_that_cannot_fit_one_candidates_limit_is_said_once() -> None:
+    """The hour's measured start design under the old cap: the planner says why no final comes,
+    naming the design and the flag to raise, once; under the default cap it says nothing."""
+    from orchestrator.loop import SANDBOX_MARGIN_S, SANDBOX_SHARE
+
+    def run_with(cap: float) -> tuple[OfflinePlanner, list[list[str]]]:
+        planner = OfflinePlanner(FASHION, ACCURACY, seed=0, flips=True, train_defaults=TrainSpec(seeds=(0, 1, 2)))
+        planner.set_budget(3600.0, candidate_s=cap)
+        first = planner.propose([])
+        assert first is not None and first.train.epochs == 12
+        said = [planner.take_notices()]  # nothing measured yet
+        history = [Outcome(candidate_id="c001", proposal=first, status="passed", metric="accuracy", mean=0.936,
+                           val_curve=(0.93,) * 12, seconds=1083.3)]
+        planner.observe(history[0])
+        for left in (3600.0 - 1083.3, 3600.0 - 1500.0):
+            planner.set_budget(left, candidate_s=cap)
+            assert planner.propose(history) is not None
+            said.append(planner.take_notices())
+        return planner, said
+
+    planner, said = run_with(SANDBOX_CAP_HOUR)
+    assert said == [[], [], []] and planner._final_plan(planner._best) is not None
+    planner, said = run_with(SANDBOX_SHARE * 1700.0 - SANDBOX_MARGIN_S)  # the old default --timeout
+    assert planner._final_plan(planner._best) is None
+    assert said[0] == [] and said[2] == []  # once
+    assert len(said[1]) == 1
+    assert said[1][0].startswith("no final training of the best design so far (c001): even 13 epochs on train + val")
+    assert "more than the 1440 s one candidate may take; raise --timeout" in said[1][0]
