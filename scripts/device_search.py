@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per candidate (default: 3, as `run`)")
     parser.add_argument("--parallel", type=int, default=1, help="candidates at once (default: 1: one GPU)")
     parser.add_argument("--max-candidates", type=int, default=None, help="default: no limit, the budget decides")
+    parser.add_argument("--goal", help="as `run --goal` (default: the dataset's, 98%% accuracy); one without a "
+                        "number has no stop value: the search goes on until the budget ends")
     parser.add_argument("--target", help="as `run --target`, e.g. accuracy=0.95 (default: the goal's, 98%%: the "
                         "budget ends a Fashion-MNIST run)")
     parser.add_argument("--search-seed", type=int, default=0)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:  # the run's own summary goes to stderr with its progress: stdout is the JSON alone
         with contextlib.redirect_stdout(sys.stderr):
-            api.run(dataset=args.dataset, data_dir=args.data_dir, target=args.target, name=name,
+            api.run(args.goal, dataset=args.dataset, data_dir=args.data_dir, target=args.target, name=name,
                     runs_dir=args.runs_dir,
                     max_candidates=args.max_candidates, time_budget_s=args.time_budget, seeds=args.seeds,
                     parallel=args.parallel, search_seed=args.search_seed, sandbox=config,

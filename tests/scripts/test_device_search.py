@@ -13,25 +13,28 @@ SCRIPT = ROOT / "scripts" / "device_search.py"
 
 def test_search_on_cpu_reports_the_chosen_model_its_candidates_and_time_to_accuracy(tmp_path):
     out = tmp_path / "out"
-    # an unreachable target keeps the search going until the budget: more than one candidate
+    # a goal without a stop value searches until a budget ends; the last of 4 candidates is the final training
     done = subprocess.run([sys.executable, str(SCRIPT), "--dataset", "digits", "--device", "cpu", "--seeds", "1",
-                           "--time-budget", "40", "--target", "accuracy=0.9999", "--runs-dir", str(tmp_path / "runs"),
+                           "--time-budget", "120", "--max-candidates", "4", "--goal", "digits classifier",
+                           "--runs-dir", str(tmp_path / "runs"),
                            "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout)  # stdout is the JSON alone; progress and the run's summary go to stderr
     assert report == json.loads((out / "search.json").read_text())
     assert "UNSAFE" in report["backend"] and "UNSAFE" in done.stderr
     assert Path(report["run_dir"]).name.startswith("unsafe-local-worker-cpu-")
-    assert report["status"] == "finished" and "target met" not in report["stop_reason"]
+    assert report["status"] == "finished" and report["stop_reason"] == "candidate budget spent (4 candidates)"
     assert report["device"] == "cpu" and report["gpu"] is None
 
     rows = report["candidates"]
-    assert len(rows) >= 2 and [r["id"] for r in rows] == [f"c{i:03d}" for i in range(1, len(rows) + 1)]
+    assert [r["id"] for r in rows] == ["c001", "c002", "c003", "c004"]
     passed = [r for r in rows if r["status"] == "passed" and not r["pruned"]]
     assert passed and all(0 < r["selection"] <= 1 and 0 < r["test"] <= 1 for r in passed)
-    # what is left at the end goes to one longer final training of the best design, on train + val
-    finals = [r for r in rows if r["fit_val"]]
-    assert len(finals) == 1 and finals[0]["design"].startswith("final training of c")
+    # the last candidate is one longer final training of the best design so far, on train + val
+    search = max((r for r in passed[:-1]), key=lambda r: r["selection"])
+    assert [r["fit_val"] for r in rows] == [False, False, False, True]
+    assert rows[-1]["design"].startswith(f"final training of {search['id']} ")
+    assert rows[-1]["epochs"] > search["epochs"]
 
     chosen = report["chosen"]
     best = max(passed, key=lambda r: r["selection"])
