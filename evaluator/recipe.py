@@ -34,7 +34,11 @@ kept, nothing stops early, and the val curve, now on trained data, is a diagnost
 
 Truncation: ``deadline`` (the worker's share of ``time_budget_s``) is checked after every
 batch; when it passes, the epoch ends there, is validated, the best weights are restored
-and the test inputs predicted as usual, and the result says ``truncated``.
+and the test inputs predicted as usual, and the result says ``truncated``. Before that, a
+cosine or OneCycle schedule that the deadline will not let finish is planned again, after
+each epoch, over the epochs that fit at the pace so far (``_Loop._epochs_by``): cut at
+two-thirds, a OneCycle run would end at a high learning rate, never annealed. The result
+says ``truncated`` then too: it trained fewer epochs than asked.
 
 Determinism: every random source is seeded, the shuffling and the augmentation have
 their own generators (the batch order does not depend on the augmentation) and
@@ -58,6 +62,7 @@ import functools
 import inspect
 import math
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +84,8 @@ ONECYCLE_PCT_START = 0.3
 ONECYCLE_DIV_FACTOR = 25.0
 ONECYCLE_FINAL_DIV_FACTOR = 1e4
 ONECYCLE_MOMENTUM = (0.85, 0.95)  # base, max
+#: Schedules that anneal over the planned epochs: re-planned to fit a deadline (``_Loop._epochs_by``).
+_ANNEALED = frozenset({"cosine", "onecycle"})
 
 #: Validation and prediction batches: twice the training batch (no activations kept), capped.
 _EVAL_BATCH_MAX = 1024
@@ -415,8 +422,9 @@ class _Loop:
     def run(self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None) -> _Run:
         """Train until the epoch budget, patience or deadline runs out; restore the best weights."""
         run, best, stale = _Run(curves=[]), _Best(), 0
-        patience, epochs = effective_patience(self.spec), self.spec.epochs
-        for epoch in range(1, epochs + 1):
+        patience, epochs, epoch = effective_patience(self.spec), self.spec.epochs, 0
+        while epoch < epochs:
+            epoch += 1
             stats, cut = self._epoch(epoch, deadline)
             run.curves.append(stats)
             if on_epoch is not None:
@@ -428,10 +436,28 @@ class _Loop:
             if patience > 0 and stale >= patience and epoch < epochs:
                 run.stopped_early = True
                 break
+            fitted = self._epochs_by(deadline, run.curves, epochs)
+            if fitted < epochs:  # the schedule is planned over what the deadline leaves: it still anneals
+                epochs, run.truncated = fitted, True
+                self.total_steps = epochs * self.steps_per_epoch
         if best.state is not None:
             self.model.load_state_dict(best.state)
         run.best_epoch = len(run.curves) if self.spec.fit_val else best.epoch
         return run
+
+    def _epochs_by(self, deadline: float | None, curves: list[EpochStats], epochs: int) -> int:
+        """The epochs an annealing schedule can finish by ``deadline`` at the pace so far (at most ``epochs``).
+
+        The pace is the slower of the mean and the last epoch (validation included), so the
+        shortened schedule ends before the deadline rather than being cut at a high rate.
+        """
+        if deadline is None or self.spec.schedule not in _ANNEALED or not curves:
+            return epochs
+        per_epoch = max(statistics.fmean(s.seconds for s in curves), curves[-1].seconds)
+        if per_epoch <= 0:
+            return epochs
+        more = math.floor(max(deadline - time.monotonic(), 0.0) / per_epoch)
+        return min(epochs, len(curves) + more)
 
     def _epoch(self, epoch: int, deadline: float | None) -> tuple[EpochStats, bool]:
         started = time.monotonic()

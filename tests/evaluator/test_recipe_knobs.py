@@ -396,3 +396,25 @@ def test_cuda_bf16_channels_last_full_recipe(digits: PreparedData) -> None:
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
     assert result.logits.dtype == np.float32 and np.isfinite(result.logits).all()
     assert float((result.logits.argmax(axis=1) == digits.test_y).mean()) > 0.95
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_a_deadline_shortens_an_annealing_schedule_so_it_still_anneals(schedule: str) -> None:
+    """50 epochs asked, about 10 fit: the schedule is re-planned over those and ends near its
+    lowest rate (cut where it stood, it would end at 90% of the peak), and the result says so."""
+    seen: list[EpochStats] = []
+    spec = TrainSpec(epochs=50, batch_size=8, schedule=schedule, optimizer="sgd", lr=0.05)
+    started = time.monotonic()
+    result = train_seed(_Slow, _tiny(96), spec, seed=0, deadline=started + 0.8, on_epoch=seen.append)
+    assert result.truncated and not result.stopped_early
+    assert 2 <= len(result.curves) < 50 and tuple(seen) == result.curves
+    assert time.monotonic() - started < 5
+    assert result.curves[-1].lr < 0.25 * spec.lr  # annealed
+    assert result.curves[0].lr > result.curves[-1].lr
+
+
+def test_a_constant_schedule_is_only_cut_by_a_deadline() -> None:
+    spec = TrainSpec(epochs=50, batch_size=8, schedule="constant", optimizer="sgd", lr=0.05, patience=0)
+    result = train_seed(_Slow, _tiny(96), spec, seed=0, deadline=time.monotonic() + 0.4)
+    assert result.truncated and 1 <= len(result.curves) < 50
+    assert all(s.lr == pytest.approx(0.05) for s in result.curves)
