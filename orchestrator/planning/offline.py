@@ -370,7 +370,7 @@ class OfflinePlanner:
                                        self._final_factor)
 
     def _note_final_over_cap(self, best: Outcome | None) -> None:
-        """Say once per design when no final training of the best one fits one candidate's limit.
+        """Say once per design when only one candidate's limit keeps the best one from a final training.
 
         Without this a run would simply search to its end, and the user would not learn why the
         best design was never trained longer (an hour's run on 2 cores met it: 1614 s needed,
@@ -384,6 +384,8 @@ class OfflinePlanner:
         epochs = shortest_final(best.proposal.train.epochs)
         if per_epoch is None or (needed := budget.cost(per_epoch, epochs)) <= budget.candidate_s:
             return  # not the limit's doing
+        if budget.seconds_left is not None and needed > budget.seconds_left:
+            return  # the run's time budget has no room for it either: a longer --timeout would not help
         self._noted.add(best.candidate_id)
         self._notices.append(
             f"no final training of the best design so far ({best.candidate_id}): even {epochs} epochs on "

@@ -321,18 +321,18 @@ def test_a_final_that_cannot_fit_one_candidates_limit_is_said_once() -> None:
     naming the design and the flag to raise, once; under the default cap it says nothing."""
     from orchestrator.loop import SANDBOX_MARGIN_S, SANDBOX_SHARE
 
-    def run_with(cap: float) -> tuple[OfflinePlanner, list[list[str]]]:
+    def run_with(cap: float, budget: float = 3600.0) -> tuple[OfflinePlanner, list[list[str]]]:
         planner = OfflinePlanner(FASHION, ACCURACY, seed=0, flips=True, train_defaults=TrainSpec(seeds=(0, 1, 2)))
-        planner.set_budget(3600.0, candidate_s=cap)
+        planner.set_budget(budget, candidate_s=cap)
         first = planner.propose([])
         assert first is not None and first.train.epochs == 12
         said = [planner.take_notices()]  # nothing measured yet
         history = [Outcome(candidate_id="c001", proposal=first, status="passed", metric="accuracy", mean=0.936,
                            val_curve=(0.93,) * 12, seconds=1083.3)]
         planner.observe(history[0])
-        for left in (3600.0 - 1083.3, 3600.0 - 1500.0):
-            planner.set_budget(left, candidate_s=cap)
-            assert planner.propose(history) is not None
+        for spent in (1083.3, 1500.0):
+            planner.set_budget(budget - spent, candidate_s=cap)
+            planner.propose(history)
             said.append(planner.take_notices())
         return planner, said
 
@@ -344,3 +344,7 @@ def test_a_final_that_cannot_fit_one_candidates_limit_is_said_once() -> None:
     assert len(said[1]) == 1
     assert said[1][0].startswith("no final training of the best design so far (c001): even 13 epochs on train + val")
     assert "more than the 1440 s one candidate may take; raise --timeout" in said[1][0]
+    # a run too short for the final whatever the limit (10 minutes measured: the start design took
+    # 583 s of 600) is not told to raise --timeout
+    planner, said = run_with(SANDBOX_SHARE * 900.0 - SANDBOX_MARGIN_S, budget=1600.0)
+    assert planner._final_plan(planner._best) is None and said == [[], [], []]
