@@ -205,8 +205,6 @@ class ResearchLoop:
     def _log_planner_notices(self) -> None:
         """Record and show what the planner wants the user to know (e.g. why no final training comes)."""
         take = getattr(self.planner, "take_notices", None)
-        if take is None:
-            take = getattr(getattr(self.planner, "fallback", None), "take_notices", None)  # the LLM's offline one
         for notice in take() if take is not None else ():
             self.registry.log_event("planner_note", notice)
             if self.view is not None:

@@ -53,35 +53,29 @@ def _device_facts(device: str) -> dict:
     return facts
 
 
-def _candidates(registry, metric: str, started: float) -> list[dict]:
-    rows = []
-    for record in registry.candidates():
-        selection, test = record.selection_summary(metric), record.summary(metric)
-        rows.append({
-            "id": record.id, "status": record.status, "pruned": record.pruned, "truncated": record.truncated,
-            "design": record.proposal.rationale, "params": record.params, "epochs": record.proposal.train.epochs,
-            "epochs_trained": len(record.val_curve()), "fit_val": record.proposal.train.fit_val,
-            "seconds": round(record.seconds, 1),
-            "finished_s": None if record.finished is None else round(record.finished - started, 1),
-            "selection": None if selection is None else round(selection.mean, 4),
-            "test": None if test is None else round(test.mean, 4),
-            "failure": None if record.failure is None else f"{record.failure.kind.value}: {record.failure.message[:200]}",
-        })
-    return rows
+def _candidate(record, metric: str, started: float) -> dict:
+    selection, test = record.selection_summary(metric), record.summary(metric)
+    return {
+        "id": record.id, "status": record.status, "pruned": record.pruned, "truncated": record.truncated,
+        "design": record.proposal.rationale, "params": record.params, "epochs": record.proposal.train.epochs,
+        "epochs_trained": len(record.val_curve()), "fit_val": record.proposal.train.fit_val,
+        "seconds": round(record.seconds, 1),
+        "finished_s": None if record.finished is None else round(record.finished - started, 1),
+        "selection": None if selection is None else round(selection.mean, 4),
+        "test": None if test is None else round(test.mean, 4),
+        "failure": None if record.failure is None else f"{record.failure.kind.value}: {record.failure.message[:200]}",
+    }
 
 
 def summarize(run_dir: Path, wall_s: float, facts: dict) -> dict:
-    """The figures of a finished run, read back from its registry."""
+    """The figures of a finished run, read back from its registry as its report reads them."""
     from orchestrator.registry import Registry
     from orchestrator.report.content import gather
     from orchestrator.report.figures import time_to_accuracy
 
     with Registry.open(run_dir, readonly=True) as registry:
-        info = registry.run_info()
-        metric = registry.settings.metric
-        best = registry.best()
         data = gather(registry)
-        rows = _candidates(registry, metric, info.started)
+    metric, best = data.metric, data.best
     chosen = None
     if best is not None:
         test, selection = best.summary(metric), best.selection_summary(metric)
@@ -90,8 +84,9 @@ def summarize(run_dir: Path, wall_s: float, facts: dict) -> dict:
                   "test_per_seed": {str(k): round(v, 4) for k, v in test.per_seed.items()},
                   "selection_mean": None if selection is None else round(selection.mean, 4)}
     return {"backend": "subprocess worker, UNSAFE: no container (measurement only)", **facts,
-            "run_dir": str(run_dir), "status": info.status, "stop_reason": info.message, "wall_s": round(wall_s, 1),
-            "metric": metric, "chosen": chosen, "candidates": rows,
+            "run_dir": str(run_dir), "status": data.run.status, "stop_reason": data.run.message,
+            "wall_s": round(wall_s, 1), "metric": metric, "chosen": chosen,
+            "candidates": [_candidate(r, metric, data.run.started) for r in data.records],
             "time_to_accuracy": [{"seconds": round(p.seconds, 1), "selection": round(p.selection, 4),
                                   "test": None if p.test is None else round(p.test, 4)}
                                  for p in time_to_accuracy(data)]}

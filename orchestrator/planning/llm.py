@@ -335,6 +335,11 @@ class LLMPlanner:
         if set_budget is not None:
             set_budget(seconds_left, **limits)
 
+    def take_notices(self) -> list[str]:
+        """The fallback planner's notes for the user (e.g. why no final training comes)."""
+        take = getattr(self.fallback, "take_notices", None)
+        return take() if take is not None else []
+
     def close(self) -> None:
         """Close the client's connections (the planner is done)."""
         self.client.close()

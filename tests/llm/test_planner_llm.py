@@ -185,6 +185,9 @@ def test_llm_down_falls_back_to_the_fallback_planner(slept: list[float]) -> None
         def observe(self, outcome: Outcome) -> None:
             self.observed.append(outcome)
 
+        def take_notices(self) -> list[str]:
+            return ["a note of the fallback"]
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -197,6 +200,8 @@ def test_llm_down_falls_back_to_the_fallback_planner(slept: list[float]) -> None
     outcome = Outcome(candidate_id="c1", proposal=proposal, status="passed", mean=0.9)
     planner.observe(outcome)
     assert stub.observed == [outcome]
+    assert planner.take_notices() == ["a note of the fallback"]  # the loop logs the fallback's notes
+    assert LLMPlanner(client, DIGITS, TARGET, GOAL).take_notices() == []  # no fallback, nothing to say
     client.close()
 
 
