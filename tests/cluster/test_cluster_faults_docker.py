@@ -47,14 +47,19 @@ def test_sigterm_kills_the_sandboxes_on_every_node_and_resume_finishes_on_the_cl
                             text=True, env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     run_dir = tmp_path / "runs" / "r"
     try:
+        # SIGTERM while a candidate runs on each node and both sandboxes are up. Not a fixed
+        # sleep after the placements: some of digits' candidates finish within seconds.
         until = time.monotonic() + 300
         nodes: set[str] = set()
         while len(nodes) < 2 and time.monotonic() < until and proc.poll() is None:
-            nodes = {payload for kind, payload in _events(run_dir) if kind == "candidate_placed"}
-            time.sleep(0.2)
+            running = _running(run_dir)
+            placed = {p["candidate"]: p["node"] for p in (json.loads(payload) for kind, payload in _events(run_dir)
+                                                           if kind == "candidate_placed")}
+            nodes = {node for cid, node in placed.items() if cid in running}
+            if len(nodes) == 2 and len(_sandboxes()) < 2:
+                nodes = set()
+            time.sleep(0.1)
         assert len(nodes) == 2, "candidates never ran on both nodes at once"
-        time.sleep(2.0)  # both sandboxes are up and training
-        assert len(_sandboxes()) >= 2
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:  # a failed check above must not leave the run going into the next test
@@ -89,6 +94,17 @@ def _events(run_dir: Path) -> list[tuple[str, str]]:
         return []
 
 
+def _running(run_dir: Path) -> set[str]:
+    path = run_dir / "experiments" / "registry.sqlite"
+    if not path.exists():
+        return set()
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return {cid for (cid,) in conn.execute("SELECT id FROM candidates WHERE status = 'running'")}
+    except sqlite3.Error:
+        return set()
+
+
 def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used(ray_cluster, tmp_path):
     node2 = ray_cluster.nodes["researcher_node2"]
     args = RUN + ["--dataset", "digits", "--goal", "digits classifier with at least 99.9% accuracy",
@@ -99,16 +115,22 @@ def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used
     reader = threading.Thread(target=lambda: output.update(zip(("out", "err"), proc.communicate(timeout=900))))
     reader.start()
     try:
-        victim = None
+        # The victim: a candidate on the second node still running 3 s after it was placed there,
+        # so its container is up and training. Some of digits' candidates train for under 3 s:
+        # killing the node a fixed time after the first placement found it idle in CI once.
+        victim, seen = None, {}
         until = time.monotonic() + 300
         while victim is None and time.monotonic() < until and proc.poll() is None:
             runs = list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+            running = _running(runs[0]) if runs else set()
             for kind, payload in (_events(runs[0]) if runs else []):
                 if kind == "candidate_placed" and node2[:8] in payload:
-                    victim = payload
-            time.sleep(0.2)
-        assert victim is not None, "no candidate was placed on the second node"
-        time.sleep(2.0)  # mid-candidate: its container is up and training
+                    seen.setdefault(json.loads(payload)["candidate"], time.monotonic())
+            for cid, placed_at in seen.items():
+                if cid in running and time.monotonic() - placed_at >= 3.0:
+                    victim = cid
+            time.sleep(0.1)
+        assert victim is not None, f"no candidate ran on the second node for 3 s: {sorted(seen)}"
         ray_cluster.kill_node(node2)
         time.sleep(1.0)
         node3 = ray_cluster.start_node("researcher_node3")  # joins mid-run
@@ -120,6 +142,7 @@ def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used
     lost = [e for e in events if e.kind == "candidate_node_lost"]
     assert lost and all(node2[:8] in e.payload["node"] for e in lost), [e.message for e in lost]
     cid = lost[0].payload["candidate"]
+    assert cid == victim, (cid, victim)
     record = next(r for r in records if r.id == cid)
     retried = [e.payload["node"] for e in events if e.kind == "candidate_placed" and e.payload["candidate"] == cid]
     if record.status == "failed":  # recorded, naming the node
