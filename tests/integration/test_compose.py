@@ -259,7 +259,7 @@ def test_compose_up_runs_a_short_cpu_job_to_a_report(docker_client, orchestrator
     runs = tmp_path / "runs"
     runs.mkdir()
     os.chown(runs, uid, gid)
-    env = _env(tmp_path, RESEARCHER_GOAL="a small digits classifier", RESEARCHER_DATASET="digits",
+    env = _env(tmp_path, RESEARCHER_GOAL="a small wine classifier", RESEARCHER_DATASET="wine",
                RESEARCHER_MAX_CANDIDATES="2", RESEARCHER_SEEDS="1", RESEARCHER_PARALLEL="2",
                RESEARCHER_NAME="compose", RESEARCHER_DEVICE="", RESEARCHER_UID=str(uid), RESEARCHER_GID=str(gid),
                RESEARCHER_LAUNCHER_ROOT=launcher_root)
@@ -310,7 +310,7 @@ def test_compose_up_runs_a_short_cpu_job_to_a_report(docker_client, orchestrator
     assert (run.stat().st_uid, (run / "report.md").stat().st_uid) == (uid, uid)
     with Registry.open(run, readonly=True) as registry:
         settings, records = registry.settings, registry.candidates()
-    assert (settings.dataset, settings.seeds, settings.parallel, settings.max_candidates) == ("digits", (0,), 2, 2)
+    assert (settings.dataset, settings.seeds, settings.parallel, settings.max_candidates) == ("wine", (0,), 2, 2)
     assert len(records) == 2 and all(r.status == "passed" for r in records), [(r.id, r.status) for r in records]
     assert all(0.5 < r.value("accuracy") <= 1.0 for r in records)  # real scores, computed on the host side
     report = (run / "report.md").read_text()

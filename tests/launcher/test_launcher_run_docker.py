@@ -131,7 +131,9 @@ def _wait_for(predicate, timeout_s: float, step_s: float = 0.2) -> bool:
 
 def test_a_run_through_the_launcher_needs_no_docker_and_leaves_nothing(start_launcher, sandboxes_of, dirs_in):
     launcher = start_launcher()
-    done = subprocess.run(_run_cmd(launcher, "--max-candidates", "2"), capture_output=True, text=True,
+    # wine: digits' second design is a 1.2M-parameter net that alone takes ~50 s of CI on one core
+    done = subprocess.run(_run_cmd(launcher, "--dataset", "wine", "--max-candidates", "2"),
+                          capture_output=True, text=True,
                           timeout=300, cwd=REPO, env=NO_DOCKER)
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}\nlauncher:\n{launcher.log_text()[-2000:]}"
     run = launcher.runs / "r"
