@@ -179,7 +179,8 @@ class ResearchLoop:
                 return self._planner_error(f"the planner failed: {type(exc).__name__}: {str(exc)[:300]}")
             self._log_planner_notices()
         if proposal is None:
-            return "the planner has nothing more to propose"
+            why = getattr(self.planner, "stop_reason", None)
+            return (why() if why is not None else "") or "the planner has nothing more to propose"
         llm_error = getattr(self.planner, "last_error", "")
         if llm_error:  # the LLM was down or unusable: this candidate comes from the fallback
             self.registry.log_event("llm_fallback", f"LLM unusable, fallback proposal: {llm_error[:300]}")

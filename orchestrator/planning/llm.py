@@ -340,6 +340,11 @@ class LLMPlanner:
         take = getattr(self.fallback, "take_notices", None)
         return take() if take is not None else []
 
+    def stop_reason(self) -> str:
+        """Why the fallback planner, which ends the run here, had nothing more to propose."""
+        why = getattr(self.fallback, "stop_reason", None)
+        return why() if why is not None else ""
+
     def close(self) -> None:
         """Close the client's connections (the planner is done)."""
         self.client.close()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import msgspec
@@ -122,6 +122,7 @@ class OfflinePlanner:
         self._best: Outcome | None = None  # the best design in the history, as of the last propose
         self._notices: list[str] = []  # for the user, taken by the loop (``take_notices``)
         self._noted: set[str] = set()  # designs already said to be too long for a final
+        self._stop_reason = ""  # why the last propose returned None, for the user
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # tell() logs every trial at INFO
         self.study = optuna.create_study(
             direction=target.direction, sampler=self._sampler(0), study_name=study_name,
@@ -140,15 +141,16 @@ class OfflinePlanner:
     def propose(self, history: Sequence[Outcome]) -> Proposal | None:
         """The final training when it is due, else the next trial that fits; None to stop."""
         self._sync(history)
+        self._stop_reason = ""
         for outcome in history:
             self._measure(outcome)
         self._best = best = self._best_design(history)
         self._note_final_over_cap(best)
         if self._final_due(best):
-            return self._final_proposal(best)
+            return self._final_or_stop(best, self._out_of_room)
         if self.max_trials is not None \
                 and len(self._pending) + len(self._done) >= self.max_trials:
-            return self._final_proposal(best)
+            return self._final_or_stop(best, lambda: f"the search's {self.max_trials} trials were all proposed")
         over_budget = 0
         for _ in range(_MAX_REJECTED):
             proposal, why = self._ask()
@@ -156,7 +158,7 @@ class OfflinePlanner:
                 return proposal
             over_budget += why == "over budget"
             if over_budget >= _MAX_OVER_BUDGET:  # nothing fits beside the final: train it now
-                return self._final_proposal(best)
+                return self._final_or_stop(best, self._out_of_room)
         raise ResearcherError(f"the search space for {self.facts.name!r} produced "
                               f"{_MAX_REJECTED} unusable configs in a row; raise max_params "
                               "or narrow the epochs range")
@@ -207,6 +209,10 @@ class OfflinePlanner:
         """What the user should know about the plan since the last call (each said once)."""
         notices, self._notices = self._notices, []
         return notices
+
+    def stop_reason(self) -> str:
+        """Why the last ``propose`` returned None, in words for the user ('' when it did not)."""
+        return self._stop_reason
 
     # ------------------------------------------------------------- what we know
 
@@ -416,6 +422,27 @@ class OfflinePlanner:
             return epochs >= shortest_final(best.proposal.train.epochs)
         # no search candidate fits beside it, with the slack kept for estimates that run over
         return budget.seconds_left - budget.kept_for_final(plan[1]) < cheapest
+
+    def _final_or_stop(self, best: Outcome | None, why: Callable[[], str]) -> Proposal | None:
+        """The final training, or None with ``why()`` kept as the reason the search stops."""
+        final = self._final_proposal(best)
+        if final is None:
+            self._stop_reason = why()
+        return final
+
+    def _out_of_room(self) -> str:
+        """Why no candidate fits: the run's time left, or one candidate's limit (then: --timeout)."""
+        budget = self._budget
+        left, cap = budget.seconds_left, budget.candidate_s
+        epochs = self.space.min_epochs
+        cheapest = budget.cheapest(epochs)
+        need = "" if cheapest is None else (f" (the quickest design measured needs about {cheapest:.0f} s "
+                                            f"for {epochs} epoch{'' if epochs == 1 else 's'})")
+        if left is not None and (cap is None or left <= cap):
+            return f"time budget nearly spent: the {left:.0f} s left fit no further candidate{need}"
+        if cap is not None:
+            return f"no candidate fits the {cap:.0f} s one candidate may take{need}; raise --timeout"
+        return "no candidate of the search space fits"
 
     def _final_proposal(self, best: Outcome | None) -> Proposal | None:
         """The best design trained longer with what is left; None if done or not worth it."""

@@ -188,6 +188,9 @@ def test_llm_down_falls_back_to_the_fallback_planner(slept: list[float]) -> None
         def take_notices(self) -> list[str]:
             return ["a note of the fallback"]
 
+        def stop_reason(self) -> str:
+            return "the fallback's reason to stop"
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -202,6 +205,8 @@ def test_llm_down_falls_back_to_the_fallback_planner(slept: list[float]) -> None
     assert stub.observed == [outcome]
     assert planner.take_notices() == ["a note of the fallback"]  # the loop logs the fallback's notes
     assert LLMPlanner(client, DIGITS, TARGET, GOAL).take_notices() == []  # no fallback, nothing to say
+    assert planner.stop_reason() == "the fallback's reason to stop"  # the run's summary says why it ended
+    assert LLMPlanner(client, DIGITS, TARGET, GOAL).stop_reason() == ""
     client.close()
 
 

@@ -97,6 +97,20 @@ def test_broken_candidates_are_recorded_failures_and_the_run_goes_on(tmp_path, m
     assert "boom" in planner.observed[2].failure_message
 
 
+def test_the_run_ends_with_the_planners_own_reason_to_stop(tmp_path, monkeypatch):
+    class OutOfTime(ScriptedPlanner):
+        def stop_reason(self):
+            return "time budget nearly spent: the 9 s left fit no further candidate" if not self.sources else ""
+
+    monkeypatch.setattr("orchestrator.research.make_planner", lambda *a: OutOfTime([GOOD]))
+    start_run(_settings(name="r4", max_candidates=10), root=tmp_path, config=CONFIG, secrets=Secrets(),
+              backend_factory=SubprocessBackend)
+    with Registry.open(tmp_path / "r4", readonly=True) as registry:
+        why = "time budget nearly spent: the 9 s left fit no further candidate"
+        assert registry.run_info().message == why
+        assert [(e.kind, e.message) for e in registry.events() if e.kind == "budget_spent"] == [("budget_spent", why)]
+
+
 def test_resume_marks_interrupted_candidates_and_finishes_the_budget(tmp_path):
     run = tmp_path / "r4"
     registry = Registry.create(run, _settings(name="r4", max_candidates=2))

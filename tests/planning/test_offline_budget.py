@@ -137,8 +137,20 @@ def test_little_time_left_gives_a_shorter_or_smaller_candidate_or_none() -> None
     assert any(cut)
     planner.set_budget(1.0)  # nothing fits, and 1.05x (12 epochs of 12) is no final training
     assert planner.propose(history) is None
+    why = planner.stop_reason()  # the run's summary says this rather than "nothing more to propose"
+    assert why.startswith("time budget nearly spent: the 1 s left fit no further candidate (the quickest "
+                          "design measured needs about "), why
     planner.set_budget(None)  # unlimited again: the search goes on
-    assert planner.propose(history) is not None
+    assert planner.propose(history) is not None and planner.stop_reason() == ""
+
+
+def test_nothing_within_one_candidates_limit_stops_the_search_saying_raise_timeout() -> None:
+    planner = OfflinePlanner(FASHION, ACCURACY, seed=0, flips=True, final_epochs_factor=1.05)
+    history = measured(planner, FakeDevice(FASHION, 30.0), 4)
+    planner.set_budget(3000.0, candidate_s=1.0)
+    assert planner.propose(history) is None
+    assert planner.stop_reason().startswith("no candidate fits the 1 s one candidate may take (the quickest")
+    assert planner.stop_reason().endswith("; raise --timeout")
 
 
 def test_the_final_training_comes_once_when_one_candidate_is_left() -> None:

@@ -282,8 +282,9 @@ def test_max_trials_ends_the_search_with_the_final_training() -> None:
     planner = OfflinePlanner(WINE, ACCURACY, seed=0, max_trials=3)
     history = run(planner, 3)
     final = planner.propose(history)
-    assert final is not None and final_training_of(final) is not None
+    assert final is not None and final_training_of(final) is not None and planner.stop_reason() == ""
     assert planner.propose(history) is None
+    assert planner.stop_reason() == "the search's 3 trials were all proposed"
 
 
 def test_rejected_samples_are_failed_and_never_proposed() -> None:
