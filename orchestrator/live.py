@@ -80,7 +80,7 @@ class LiveView:
         parts = []
         for cid, entry in list(loop.state.in_flight.items()):
             if not entry.get("epoch"):
-                parts.append(f"{cid} starting")
+                parts.append(f"{cid} {_before_first_epoch(entry)}")
                 continue
             val = f" val acc {entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
             parts.append(f"{cid} seed {entry.get('seed')} epoch {entry['epoch']}/{entry.get('epochs', '?')}{val}")
@@ -124,7 +124,7 @@ class LiveView:
         for cid, entry in list(loop.state.in_flight.items()):
             proposal = entry["proposal"]
             model = (proposal.config.name if proposal.config else "LLM source")[:40]
-            epoch = f"{entry['epoch']}/{entry.get('epochs', '?')}" if entry.get("epoch") else "starting"
+            epoch = f"{entry['epoch']}/{entry.get('epochs', '?')}" if entry.get("epoch") else _before_first_epoch(entry)
             val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
             flight.add_row(*map(_cell, (cid, model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}")))
         board = Table(title="leaderboard (selection split, mean over seeds)", expand=True, title_justify="left")
@@ -137,3 +137,8 @@ class LiveView:
                                        f"{rec.params or 0:,}", f"{rec.seconds:.1f}")))
         footer = _cell(f"finished {loop.state.finished}, failed {loop.state.failed}")
         return Group(header, flight, board, footer)
+
+
+def _before_first_epoch(entry: dict) -> str:
+    """A candidate with no epoch yet: its sandbox starting, or (its model checked) its first epoch training."""
+    return "training its first epoch" if "params" in entry else "starting"

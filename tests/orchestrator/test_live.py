@@ -15,9 +15,11 @@ def test_a_progress_line_every_heartbeat_names_each_candidate_in_flight(monkeypa
     monkeypatch.setattr(live, "HEARTBEAT_S", 0.0)
     view = LiveView(enabled=False)
     with view:
-        view.refresh(_loop({"c004": {"epoch": 12, "epochs": 30, "seed": 1, "val_acc": 0.95123}, "c005": {"epoch": 0}}))
+        view.refresh(_loop({"c004": {"epoch": 12, "epochs": 30, "seed": 1, "val_acc": 0.95123}, "c005": {"epoch": 0},
+                            "c006": {"epoch": 0, "params": 77_786}}))  # its model checked: it is training
     err = capsys.readouterr().err
-    assert "[researcher] 42 s: c004 seed 1 epoch 12/30 val acc 0.9512; c005 starting (3 finished)" in err
+    assert ("[researcher] 42 s: c004 seed 1 epoch 12/30 val acc 0.9512; c005 starting; "
+            "c006 training its first epoch (3 finished)") in err
 
 
 def test_no_line_before_the_heartbeat_or_when_nothing_runs(capsys):
