@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -39,6 +41,7 @@ MAX_PLANNER_ERRORS = 5
 #: A candidate trains for at most this share of the sandbox's hard limit, less a margin for
 #: start-up and predictions; it always gets at least MIN_CANDIDATE_S.
 SANDBOX_SHARE, SANDBOX_MARGIN_S, MIN_CANDIDATE_S = 0.85, 5.0, 20.0
+MAX_OVERHEAD_S = 60.0  # the most one candidate's measured non-training time counts
 RUN_TIMEOUT_S = 900.0  # `run`'s --timeout when not given, for time budgets up to LONG_RUN_S
 LONG_RUN_S = 1800.0
 
@@ -97,6 +100,9 @@ class ResearchLoop:
         self._slots: dict[str, object] = {}  # candidate id -> the Slot its worker thread runs it in
         self._slots_lock = threading.Lock()
         self._planner_errors = 0  # in a row
+        #: Seconds recent candidates took besides training (start-up, data, predictions, scoring):
+        #: a candidate the run's deadline cuts gets that much less, so the run ends near its budget.
+        self._overheads: deque[float] = deque(maxlen=5)
 
     # ------------------------------------------------------------------ main loop
 
@@ -198,7 +204,8 @@ class ResearchLoop:
             history.append(self._observe(record))
             return ""
         self.registry.mark_running(cid)
-        self.state.in_flight[cid] = {"proposal": proposal, "seed": None, "epoch": 0, "val_acc": None}
+        self.state.in_flight[cid] = {"proposal": proposal, "seed": None, "epoch": 0, "val_acc": None,
+                                     "submitted": time.monotonic()}
         in_flight[workers.submit(self._evaluate, cid, proposal, source)] = (cid, proposal)
         self._refresh_view()
         return ""
@@ -242,13 +249,30 @@ class ResearchLoop:
 
         Inside the sandbox's hard limit with room for start-up and predictions, so a long
         candidate ends truncated with its best weights and predictions instead of killed;
-        and no further than the run's time budget allows (but never under a minimum).
+        and no further than the run's time budget allows, less what recent candidates spent
+        besides training (``SANDBOX_MARGIN_S`` before any has finished), but never under a minimum.
         """
         budget = self._candidate_cap_s()
         left = self._time_left_s()
         if left is not None:
-            budget = min(budget, max(MIN_CANDIDATE_S, left))
+            overhead = statistics.median(self._overheads) if self._overheads else SANDBOX_MARGIN_S
+            budget = min(budget, max(MIN_CANDIDATE_S, left - overhead))
         return float(budget)
+
+    def _note_overhead(self, entry: dict, result: JobResult) -> None:
+        """Keep how long a finished candidate took besides its seeds' training (wall less training).
+
+        The training seconds are the worker's word, so they are held within the job's time as
+        the host measured it, the overhead is capped, and the budget reads the median of the
+        last few: one lying candidate cannot shorten the others' training.
+        """
+        submitted = entry.get("submitted")
+        if submitted is None or not result.predictions:
+            return
+        job = result.seconds
+        trained = min(sum(min(max(p.seconds, 0.0), job) if math.isfinite(p.seconds) else 0.0
+                          for p in result.predictions), job)
+        self._overheads.append(min(max(time.monotonic() - submitted - trained, 0.0), MAX_OVERHEAD_S))
 
     def _assemble(self, proposal: Proposal) -> tuple[str, Failure | None]:
         if proposal.config is not None:
@@ -359,6 +383,7 @@ class ResearchLoop:
             raise
         except Exception as exc:  # noqa: BLE001
             evaluation = Evaluation(result=JobResult(job_id=cid), failure=unprocessable(Stage.PROTOCOL, "handle", exc))
+        self._note_overhead(entry, evaluation.result)
         try:
             record = self._finish(cid, evaluation, entry)
         except Exception as exc:  # noqa: BLE001 - store the failure alone, without the data that broke it
