@@ -83,26 +83,31 @@ def test_sigterm_kills_the_sandboxes_on_every_node_and_resume_finishes_on_the_cl
     assert len(counted) == 3 and all(r.status == "passed" for r in counted), [r.failure for r in counted]
 
 
-def _events(run_dir: Path) -> list[tuple[str, str]]:
+def _query(run_dir: Path, sql: str) -> list[tuple]:
+    """Rows of the live run's registry, read-only ([] before it exists or while it is locked)."""
     path = run_dir / "experiments" / "registry.sqlite"
     if not path.exists():
         return []
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-            return [(k, p) for k, p in conn.execute("SELECT kind, payload FROM events ORDER BY seq")]
+            return conn.execute(sql).fetchall()
     except sqlite3.Error:
         return []
+
+
+def _events(run_dir: Path) -> list[tuple[str, str]]:
+    return _query(run_dir, "SELECT kind, payload FROM events ORDER BY seq")
 
 
 def _running(run_dir: Path) -> set[str]:
-    path = run_dir / "experiments" / "registry.sqlite"
-    if not path.exists():
-        return set()
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-            return {cid for (cid,) in conn.execute("SELECT id FROM candidates WHERE status = 'running'")}
-    except sqlite3.Error:
-        return set()
+    return {cid for (cid,) in _query(run_dir, "SELECT id FROM candidates WHERE status = 'running'")}
+
+
+def _timeline(events) -> str:
+    """The run's candidate and node events, seconds from its first, for a failure's message."""
+    start = events[0].time if events else 0.0
+    return "\n".join(f"{e.time - start:6.1f} {e.kind}: {e.message[:120]}" for e in events
+                     if e.kind.startswith(("candidate_", "cluster_")))
 
 
 def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used(ray_cluster, tmp_path):
@@ -138,20 +143,21 @@ def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used
         reader.join(timeout=900)
     assert proc.returncode == 0, output.get("err", "")[-3000:]
     records, events, info = _records(_only_run(tmp_path))
-    assert info.status == "finished" and len(records) == 5
+    story = f"victim {victim} on {node2[:8]}; the run:\n{_timeline(events)}"  # what a failure below shows
+    assert info.status == "finished" and len(records) == 5, story
     lost = [e for e in events if e.kind == "candidate_node_lost"]
-    assert lost and all(node2[:8] in e.payload["node"] for e in lost), [e.message for e in lost]
+    assert lost and all(node2[:8] in e.payload["node"] for e in lost), story
     cid = lost[0].payload["candidate"]
-    assert cid == victim, (cid, victim)
+    assert cid == victim, story
     record = next(r for r in records if r.id == cid)
     retried = [e.payload["node"] for e in events if e.kind == "candidate_placed" and e.payload["candidate"] == cid]
     if record.status == "failed":  # recorded, naming the node
-        assert record.failure.kind.value == "crashed" and node2[:8] in record.failure.message
+        assert record.failure.kind.value == "crashed" and node2[:8] in record.failure.message, story
     else:  # retried once on another node
-        assert record.status == "passed" and len(retried) == 2 and node2[:8] not in retried[1]
-    assert all(r.status in ("passed", "failed") for r in records)
+        assert record.status == "passed" and len(retried) == 2 and node2[:8] not in retried[1], story
+    assert all(r.status in ("passed", "failed") for r in records), story
     used = {e.payload["node"] for e in events if e.kind == "candidate_placed"}
-    assert any(node3[:8] in node for node in used), f"the node that joined mid-run was never used: {used}"
-    assert any(e.kind == "cluster_node_lost" and node2[:8] in e.message for e in events)
+    assert any(node3[:8] in node for node in used), f"the node that joined mid-run was never used: {story}"
+    assert any(e.kind == "cluster_node_lost" and node2[:8] in e.message for e in events), story
     # the dead node's orphaned sandbox was reaped by the host that started on this machine after it
     assert not _sandboxes(), "sandbox containers were left behind"
