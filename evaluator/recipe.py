@@ -147,8 +147,13 @@ def train_seed(
     device: str = "cpu",
     on_epoch: Callable[[EpochStats], None] | None = None,
     deadline: float | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
 ) -> SeedResult:
-    """Train one seed as ``spec`` says, keep the best-validation weights, predict the test inputs."""
+    """Train one seed as ``spec`` says, keep the best-validation weights, predict the test inputs.
+
+    ``on_epoch`` gets each finished epoch's stats; ``on_batch(epoch, step, steps)`` is called
+    after every training batch (the caller decides how often to pass it on).
+    """
     started = time.monotonic()
     dev = torch.device(device)
     with _determinism(dev):
@@ -156,7 +161,7 @@ def train_seed(
         model = make_model().to(dev)  # after seeding, so the init is reproducible
         tensors = _Tensors.build(data, dev, fit_val=spec.fit_val)
         loop = _Loop(model, tensors, spec, dev, seed)
-        run = loop.run(on_epoch, deadline)
+        run = loop.run(on_epoch, deadline, on_batch)
         logits = _predict(model, tensors.test_x, dev, loop.eval_batch,
                           channels_last=loop.channels_last, tta=loop.tta)
     return SeedResult(
@@ -419,13 +424,14 @@ class _Loop:
         self.scheduled = spec.schedule != "constant" or spec.warmup_epochs > 0
         self.step = 0
 
-    def run(self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None) -> _Run:
+    def run(self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None,
+            on_batch: Callable[[int, int, int], None] | None = None) -> _Run:
         """Train until the epoch budget, patience or deadline runs out; restore the best weights."""
         run, best, stale = _Run(curves=[]), _Best(), 0
         patience, epochs, epoch = effective_patience(self.spec), self.spec.epochs, 0
         while epoch < epochs:
             epoch += 1
-            stats, cut = self._epoch(epoch, deadline)
+            stats, cut = self._epoch(epoch, deadline, on_batch)
             run.curves.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
@@ -459,9 +465,10 @@ class _Loop:
         more = math.floor(max(deadline - time.monotonic(), 0.0) / per_epoch)
         return min(epochs, len(curves) + more)
 
-    def _epoch(self, epoch: int, deadline: float | None) -> tuple[EpochStats, bool]:
+    def _epoch(self, epoch: int, deadline: float | None,
+               on_batch: Callable[[int, int, int], None] | None = None) -> tuple[EpochStats, bool]:
         started = time.monotonic()
-        train_loss, train_acc, cut = self._train_epoch(deadline)
+        train_loss, train_acc, cut = self._train_epoch(deadline, epoch, on_batch)
         val_loss, val_acc = _evaluate(self.model, self.t.val_x, self.t.val_y, self.device, self.eval_batch,
                                       channels_last=self.channels_last)
         if not math.isfinite(val_loss):
@@ -477,7 +484,8 @@ class _Loop:
         )
         return stats, cut
 
-    def _train_epoch(self, deadline: float | None) -> tuple[float, float, bool]:
+    def _train_epoch(self, deadline: float | None, epoch: int = 1,
+                     on_batch: Callable[[int, int, int], None] | None = None) -> tuple[float, float, bool]:
         """Mean training loss and accuracy of the batches run, and whether the deadline cut the epoch."""
         self.model.train()
         x, y, size = self.t.train_x, self.t.train_y, self.spec.batch_size
@@ -494,6 +502,8 @@ class _Loop:
             seen += yb.shape[0]
             if self.device.type == "cpu" or step % _CUDA_CHECK_EVERY == 0:
                 _check_finite(loss_sum, "training loss")
+            if on_batch is not None:
+                on_batch(epoch, step, self.steps_per_epoch)
             if deadline is not None and seen < self.used and time.monotonic() >= deadline:
                 cut = True
                 break

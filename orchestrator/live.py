@@ -77,13 +77,16 @@ class LiveView:
 
     @staticmethod
     def _in_flight_line(loop) -> str:
-        parts = []
+        parts, now = [], time.monotonic()
         for cid, entry in list(loop.state.in_flight.items()):
-            if not entry.get("epoch"):
-                parts.append(f"{cid} {_before_first_epoch(entry)}")
+            took = _took(entry, now)
+            if not entry.get("epoch") and not entry.get("batch"):
+                parts.append(f"{cid} {_before_first_epoch(entry)}{took}")
                 continue
-            val = f" val acc {entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
-            parts.append(f"{cid} seed {entry.get('seed')} epoch {entry['epoch']}/{entry.get('epochs', '?')}{val}")
+            val = ""
+            if entry.get("val_acc") is not None:  # of the last finished epoch, named when another is under way
+                val = f" val acc {entry['val_acc']:.4f}" + (f" at epoch {entry['epoch']}" if entry.get("batch") else "")
+            parts.append(f"{cid} seed {entry.get('seed')} epoch {_epoch(entry)}{val}{took}")
         return "; ".join(parts) + f" ({loop.state.finished} finished)"
 
     def candidate_finished(self, record) -> None:
@@ -119,14 +122,17 @@ class LiveView:
                   else f"{'maximise' if loop.target.maximize else 'minimise'} {metric}")
         header = _cell(f"{settings.name}: {budget}, {clock}, {target}, pool {loop.pool.stats['ready']} ready", "bold")
         flight = Table(title="in flight", expand=True, title_justify="left")
-        for col in ("candidate", "model", "seed", "epoch", "val acc", "params"):
+        for col in ("candidate", "model", "seed", "epoch", "val acc", "params", "time"):
             flight.add_column(_cell(col))
+        now = time.monotonic()
         for cid, entry in list(loop.state.in_flight.items()):
             proposal = entry["proposal"]
             model = (proposal.config.name if proposal.config else "LLM source")[:40]
-            epoch = f"{entry['epoch']}/{entry.get('epochs', '?')}" if entry.get("epoch") else _before_first_epoch(entry)
+            epoch = _epoch(entry) if entry.get("epoch") or entry.get("batch") else _before_first_epoch(entry)
             val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
-            flight.add_row(*map(_cell, (cid, model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}")))
+            took = f"{now - entry['submitted']:.0f} s" if entry.get("submitted") is not None else ""
+            flight.add_row(*map(_cell, (cid, model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}",
+                                        took)))
         board = Table(title="leaderboard (selection split, mean over seeds)", expand=True, title_justify="left")
         for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
             board.add_column(_cell(col))
@@ -137,6 +143,22 @@ class LiveView:
                                        f"{rec.params or 0:,}", f"{rec.seconds:.1f}")))
         footer = _cell(f"finished {loop.state.finished}, failed {loop.state.failed}")
         return Group(header, flight, board, footer)
+
+
+def _epoch(entry: dict) -> str:
+    """``3/20`` after an epoch; ``4/20, batch 120/469`` while a Batches message says where epoch 4 is."""
+    epochs = entry.get("epochs") or "?"
+    batch = entry.get("batch")
+    if batch:
+        epoch, step, steps = batch
+        return f"{epoch}/{epochs}, batch {step}/{steps}"
+    return f"{entry['epoch']}/{epochs}"
+
+
+def _took(entry: dict, now: float) -> str:
+    """`` (42 s)``: how long ago the candidate was sent to its sandbox."""
+    submitted = entry.get("submitted")
+    return "" if submitted is None else f" ({now - submitted:.0f} s)"
 
 
 def _before_first_epoch(entry: dict) -> str:

@@ -34,7 +34,7 @@ from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.pool import WarmPool
 from orchestrator.sandbox.runner import JobResult, execute
 from orchestrator.sandbox.validate import syntax_failure
-from sandbox_image.protocol import CheckReport, Failure, FailureKind, Job, Predictions, Progress, Stage
+from sandbox_image.protocol import Batches, CheckReport, Failure, FailureKind, Job, Predictions, Progress, Stage
 
 #: Planner failures in a row (exceptions, unrecordable proposals) after which the loop stops.
 MAX_PLANNER_ERRORS = 5
@@ -355,8 +355,11 @@ class ResearchLoop:
             return False
         if isinstance(msg, CheckReport):
             entry["params"] = msg.params
+        elif isinstance(msg, Batches):
+            entry.update(seed=msg.seed, epochs=msg.epochs, batch=(msg.epoch, msg.step, msg.steps))
         elif isinstance(msg, Progress):
-            entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc)
+            entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc,
+                         batch=None)
             if logs.epochs.isEnabledFor(logging.INFO):
                 logs.epochs.info("%s %s", cid, logs.epoch_line(msg.stats, msg.seed, msg.epochs))
             entry.setdefault("curves", {}).setdefault(msg.seed, []).append(msg.stats)

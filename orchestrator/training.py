@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 
 import msgspec
 import shutil
@@ -23,7 +25,7 @@ from orchestrator.exceptions import UsageError
 from orchestrator.safetext import inert
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.runner import JobResult, make_private_dir, run_job
-from sandbox_image.protocol import Job, Progress
+from sandbox_image.protocol import Batches, Job, Progress
 
 #: Metrics shown in the text summary, in this order.
 SUMMARY_METRICS = ("accuracy", "top3_accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "precision_macro",
@@ -133,16 +135,22 @@ def write_outputs(out: Path, scores, result: JobResult, data: dict) -> list[str]
     return names
 
 
-class TrainingProgress:
-    """A rich progress bar over seeds and epochs, fed by Progress messages.
+#: Seconds between two "batch i/n" lines when there is no terminal (a long epoch on a CPU).
+BATCH_LINE_EVERY_S = 15.0
 
-    ``enabled``: None shows a bar on a terminal and a line per epoch otherwise;
-    True always shows the bar; False shows nothing.
+
+class TrainingProgress:
+    """A rich progress bar over seeds and epochs, fed by Progress and Batches messages.
+
+    ``enabled``: None shows a bar on a terminal and a line per epoch otherwise (and where
+    a long epoch is, every ``BATCH_LINE_EVERY_S``); True always shows the bar; False shows nothing.
     """
 
     def __init__(self, epochs: int, seeds: int, *, enabled: bool | None = None) -> None:
         self.epochs, self.seeds, self.enabled = epochs, seeds, enabled
         self._progress = None
+        self._epochs_done = 0  # Progress messages so far, over all seeds
+        self._last_line = time.monotonic()
 
     def __enter__(self) -> TrainingProgress:
         from rich.console import Console
@@ -158,7 +166,10 @@ class TrainingProgress:
         return self
 
     def update(self, msg) -> None:
-        """Advance on each epoch; show the latest losses and accuracies."""
+        """Advance on each epoch (and within one, by its batches); show the latest losses and accuracies."""
+        if isinstance(msg, Batches):
+            self._batches(msg)
+            return
         if not isinstance(msg, Progress):
             if self._progress is not None:
                 self._progress.update(self._task, description="training")
@@ -166,16 +177,30 @@ class TrainingProgress:
         if self.enabled is False:  # progress off: nothing at all
             return
         detail = logs.epoch_line(msg.stats, msg.seed, self.epochs)
+        self._epochs_done += 1
+        self._last_line = time.monotonic()
         if self._progress is None:
-            import sys
-
             print(inert(detail), file=sys.stderr, flush=True)
             return
         if logs.epochs.isEnabledFor(logging.INFO):  # --verbose: a line per epoch above the bar, too
             from rich.text import Text
 
             self._progress.console.print(Text(inert(detail)))
-        self._progress.update(self._task, advance=1, description="training", detail=detail)
+        self._progress.update(self._task, completed=self._epochs_done, description="training", detail=detail)
+
+    def _batches(self, msg: Batches) -> None:
+        """The bar moves within an epoch; without a terminal, a line now and then."""
+        if self.enabled is False:
+            return
+        where = f"seed {msg.seed} epoch {msg.epoch}/{self.epochs}: batch {msg.step}/{msg.steps}"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self._epochs_done + msg.step / max(msg.steps, 1),
+                                  description="training")
+            return
+        now = time.monotonic()
+        if now - self._last_line >= BATCH_LINE_EVERY_S:
+            self._last_line = now
+            print(inert(where), file=sys.stderr, flush=True)
 
     def __exit__(self, *exc_info) -> None:
         if self._progress is not None:

@@ -10,7 +10,10 @@ Flow of one job::
     worker -> Ready                      (once, as soon as the worker is up)
     host   -> Job
     worker -> CheckReport                (model imported, forward pass checked)
-    worker -> Progress*, Predictions     (per seed, only when the job trains)
+    worker -> (Batches* Progress)*, Predictions
+                                         (per seed, only when the job trains: where the
+                                         running epoch is, every BATCHES_EVERY_S at most,
+                                         and each finished epoch)
     worker -> Done | Failure             (exactly one, last)
     host   -> Bye                        (all read; the worker exits)
 
@@ -26,7 +29,7 @@ from typing import Annotated
 
 import msgspec
 
-PROTOCOL_VERSION = 3  # 3: TrainSpec.fit_val
+PROTOCOL_VERSION = 4  # 3: TrainSpec.fit_val; 4: Batches
 
 #: Label on the sandbox image that carries the protocol version it speaks.
 IMAGE_PROTOCOL_LABEL = "org.pytorch-researcher.protocol"
@@ -200,6 +203,22 @@ class Progress(_Msg, kw_only=True):
     epochs: int = 0
 
 
+#: Seconds between two Batches messages of an honest worker (the host allows a burst above
+#: one per second on average; see ``orchestrator.sandbox.bounds.check_batches``).
+BATCHES_EVERY_S = 5.0
+
+
+class Batches(_Msg, kw_only=True):
+    """Where training is inside an epoch: ``step`` of its ``steps`` batches done (streamed
+    at most every ``BATCHES_EVERY_S`` while an epoch trains, so a long epoch shows progress)."""
+
+    seed: int
+    epoch: int
+    step: int
+    steps: int
+    epochs: int = 0
+
+
 class Predictions(_Msg, kw_only=True):
     """Test logits of one seed as a raw little-endian buffer, plus its curves."""
 
@@ -240,7 +259,7 @@ class Bye(_Msg):
 
 
 #: What the worker may send.
-WorkerMessage = Ready | CheckReport | Progress | Predictions | Failure | Done
+WorkerMessage = Ready | CheckReport | Batches | Progress | Predictions | Failure | Done
 #: What the host may send.
 HostMessage = Job | Bye
 

@@ -26,7 +26,9 @@ import zmq
 
 from sandbox_image.protocol import (
     MAX_JOB_BYTES,
+    BATCHES_EVERY_S,
     PROTOCOL_VERSION,
+    Batches,
     CheckReport,
     Done,
     Failure,
@@ -147,7 +149,7 @@ def check_forward(model, job: Job, import_seconds: float) -> CheckReport:
 
 
 def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> None:
-    """Train a fresh instance per seed and send Progress and Predictions.
+    """Train a fresh instance per seed and send Batches, Progress and Predictions.
 
     With a time budget, each seed gets an equal share of what is left when it starts,
     so every seed stops in time, keeps its best weights, returns predictions and says
@@ -168,13 +170,22 @@ def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> No
             now = time.monotonic()
             deadline = now + max(budget_end - now, 0.0) / (len(spec.seeds) - index)
 
-        def on_epoch(stats, seed=seed):
+        said = [time.monotonic()]  # when the host last heard where this seed is
+
+        def on_epoch(stats, seed=seed, said=said):
             send(Progress(seed=seed, stats=stats, epochs=spec.epochs))
+            said[0] = time.monotonic()
+
+        def on_batch(epoch, step, steps, seed=seed, said=said):
+            now = time.monotonic()
+            if step < steps and now - said[0] >= BATCHES_EVERY_S:  # the epoch's end has its Progress
+                send(Batches(seed=seed, epoch=epoch, step=step, steps=steps, epochs=spec.epochs))
+                said[0] = now
 
         try:
             result = train_seed(
                 lambda: cls(**job.init_kwargs), data, spec,
-                seed=seed, device=job.device, on_epoch=on_epoch, deadline=deadline,
+                seed=seed, device=job.device, on_epoch=on_epoch, deadline=deadline, on_batch=on_batch,
             )
         except NonFiniteLoss as exc:
             raise _fail(Stage.TRAIN, FailureKind.NON_FINITE, exc) from None

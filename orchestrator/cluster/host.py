@@ -25,7 +25,7 @@ from orchestrator.exceptions import SandboxError
 from orchestrator.sandbox.base import Backend, ExitStatus
 from orchestrator.sandbox.config import DEFAULT_SPARE, SandboxConfig
 from orchestrator.sandbox.runner import Slot, make_private_dir
-from sandbox_image.protocol import Progress, encoder, worker_decoder
+from sandbox_image.protocol import Batches, Progress, encoder, worker_decoder
 
 #: Most frames one ``recv`` call hands back (each at most the config's message cap).
 MAX_FRAMES_PER_CALL = 64
@@ -132,7 +132,7 @@ class SandboxHost:
     def recv(self, slot_id: str, timeout_s: float, linger_s: float = 0.0
              ) -> tuple[list[bytes], tuple[int, bool, str] | None, int]:
         """The worker's frames (waits up to ``timeout_s`` for the first, then up to ``linger_s`` more
-        while they are Progress), the sandbox's exit status once it has ended,
+        while they are Progress or Batches), the sandbox's exit status once it has ended,
         and the bytes received in total.
 
         Lingering batches a job's per-epoch Progress into few calls: each call through Ray
@@ -158,13 +158,13 @@ class SandboxHost:
         return frames, _status(status), slot.channel.received_bytes
 
     def _ends_batch(self, frame) -> bool:
-        """False only for a Progress: any other message (the check report, predictions, Done, a
-        Failure, anything undecodable) goes to the orchestrator at once.
+        """False only for a Progress or Batches: any other message (the check report, predictions,
+        Done, a Failure, anything undecodable) goes to the orchestrator at once.
 
         A hint for batching only: the orchestrator decodes and bounds every frame itself.
         """
         try:
-            return not isinstance(self._decoder.decode(frame), Progress)
+            return not isinstance(self._decoder.decode(frame), (Progress, Batches))
         except msgspec.DecodeError:
             return True
 

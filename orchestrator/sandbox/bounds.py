@@ -9,6 +9,8 @@ checked the types; here each value is held to what this job can honestly produce
   seconds are not negative;
 - an epoch lies in ``1..epochs asked``, a seed is one the job asked for, and no seed
   has more curve entries or Progress messages than the epochs asked;
+- a Batches message names the epoch its seed is training (one past its last Progress)
+  and a batch within it, and they come at most ``BATCHES_BURST`` plus one a second;
 - ``output_shape`` is exactly ``(check_batch, num_classes)``.
 
 A value out of bounds raises ``ProtocolViolation``: the candidate is recorded as a
@@ -21,7 +23,18 @@ import math
 from collections.abc import Iterable
 
 from orchestrator.exceptions import ProtocolViolation
-from sandbox_image.protocol import MAX_DIMS, CheckReport, Done, EpochStats, Job, Predictions, Progress, Ready
+from sandbox_image.protocol import (
+    BATCHES_EVERY_S,
+    MAX_DIMS,
+    Batches,
+    CheckReport,
+    Done,
+    EpochStats,
+    Job,
+    Predictions,
+    Progress,
+    Ready,
+)
 
 #: The largest count the host accepts (exact as a float; fits SQLite's and JSON's integers).
 MAX_COUNT = 2**53
@@ -31,13 +44,22 @@ MAX_COUNT = 2**53
 BASE_BYTE_BUDGET = 1 << 20
 
 
-def byte_budget(job: Job, n_test: int | None) -> int:
-    """All the bytes an honest worker sends for ``job``: float64 logits and full curves per seed, and slack."""
+#: Batches messages a job may send at once, beyond one per ``BATCHES_MIN_INTERVAL_S`` of its time.
+BATCHES_BURST = 10
+BATCHES_MIN_INTERVAL_S = 1.0
+#: Bytes allowed for one Batches message (an honest one takes about 60).
+_BATCHES_BYTES = 256
+
+
+def byte_budget(job: Job, n_test: int | None, timeout_s: float = 0.0) -> int:
+    """All the bytes an honest worker sends for ``job``: float64 logits and full curves per seed,
+    a Batches message every ``BATCHES_EVERY_S`` of ``timeout_s``, and slack."""
     if job.train is None:
         return BASE_BYTE_BUDGET
     epochs, seeds = job.train.epochs, len(job.train.seeds)
     logits = (n_test or 0) * job.num_classes * 8
-    return BASE_BYTE_BUDGET + seeds * (logits + epochs * 2 * 512)  # each epoch: a Progress and a curve entry
+    batches = (int(max(timeout_s, 0.0) / BATCHES_EVERY_S) + 1) * _BATCHES_BYTES
+    return BASE_BYTE_BUDGET + batches + seeds * (logits + epochs * 2 * 512)  # each epoch: a Progress and a curve entry
 
 
 def check_count(value: int, what: str) -> int:
@@ -99,6 +121,29 @@ def check_progress(msg: Progress, job: Job, seen: dict[int, int]) -> None:
     if msg.epochs != epochs:
         raise ProtocolViolation(f"Progress says {_show(msg.epochs)} epochs; {epochs} were asked")
     check_epoch_stats(msg.stats, epochs, f"seed {msg.seed} progress")
+
+
+def check_batches(msg: Batches, job: Job, progress_seen: dict[int, int], sent: int, elapsed_s: float) -> None:
+    """Where an asked seed's running epoch is: the epoch after its last Progress, a batch
+    within it; ``sent`` (this one included) within the burst plus one per second of ``elapsed_s``."""
+    seeds, epochs = _plan(job)
+    _check_seed(msg.seed, seeds, "Batches")
+    if msg.epochs != epochs:
+        raise ProtocolViolation(f"Batches says {_show(msg.epochs)} epochs; {epochs} were asked")
+    running = progress_seen.get(msg.seed, 0) + 1
+    if running > epochs:
+        raise ProtocolViolation(f"Batches for seed {msg.seed} after its {epochs} epochs")
+    if isinstance(msg.epoch, bool) or msg.epoch != running:
+        raise ProtocolViolation(f"Batches for seed {msg.seed} says epoch {_show(msg.epoch)}; "
+                                f"it is training epoch {running} of {epochs}")
+    check_count(msg.steps, "Batches steps")
+    check_count(msg.step, "Batches step")
+    if not 1 <= msg.step <= msg.steps:
+        raise ProtocolViolation(f"Batches says batch {msg.step} of {msg.steps}")
+    allowed = BATCHES_BURST + max(elapsed_s, 0.0) / BATCHES_MIN_INTERVAL_S
+    if sent > allowed:
+        raise ProtocolViolation(f"{sent} Batches messages in {elapsed_s:.1f} s: more than {BATCHES_BURST} "
+                                f"plus one a second (an honest worker sends one every {BATCHES_EVERY_S:g} s)")
 
 
 def check_predictions(msg: Predictions, job: Job) -> None:

@@ -31,6 +31,7 @@ from orchestrator.sandbox.validate import validate_logits
 from sandbox_image.protocol import (
     ALLOWED_DTYPES,
     PROTOCOL_VERSION,
+    Batches,
     CheckReport,
     Done,
     Failure,
@@ -225,7 +226,7 @@ def execute(slot: Slot, job: Job, *, n_test: int | None = None,
             on_message: Callable[[WorkerMessage], bool | None] | None = None) -> JobResult:
     """Send ``job`` to a ready slot and collect its result; the slot is spent afterwards.
 
-    ``on_message`` sees every CheckReport, Progress and Predictions; returning
+    ``on_message`` sees every CheckReport, Batches, Progress and Predictions; returning
     True stops the job (the sandbox is killed and the result is ``stopped``).
     """
     if slot.ready is None:
@@ -280,12 +281,13 @@ class _Session:
         self.stage = Stage.IMPORT
         self.count = 0
         self.progress_seen: dict[int, int] = {}  # seed -> Progress messages
+        self.batches_sent = 0  # Batches messages (bounded by rate, not by _MAX_MESSAGES)
         self.byte_budget = 0  # set with the job
 
     def run(self, job: Job) -> None:
         """Drive the job to a terminal state; record a Failure for anything abnormal."""
         # counted from here on: Ready came before, and the budget covers the job's own messages
-        self.byte_budget = self.channel.received_bytes + bounds.byte_budget(job, self.n_test)
+        self.byte_budget = self.channel.received_bytes + bounds.byte_budget(job, self.n_test, self.config.timeout_s)
         try:
             self._send(job)
             self._collect(job)
@@ -345,6 +347,11 @@ class _Session:
                 bounds.check_report(msg, job)
                 self.result.check = msg
                 self.stage = Stage.TRAIN
+            case Batches() if self.result.check is not None:
+                self.batches_sent += 1
+                bounds.check_batches(msg, job, self.progress_seen, self.batches_sent, time.monotonic() - self._sent_at)
+                if any(p.seed == msg.seed for p in self.result.predictions):
+                    raise ProtocolViolation(f"Batches for seed {msg.seed} after its predictions")
             case Progress() if self.result.check is not None:
                 bounds.check_progress(msg, job, self.progress_seen)
                 self.result.progress.append(msg)
@@ -403,7 +410,8 @@ class _Session:
 
     def _counted(self, msg: WorkerMessage) -> WorkerMessage:
         """``msg``, if the job is still within its message count and byte budget."""
-        self.count += 1
+        if not isinstance(msg, Batches):  # Batches have their own rate bound
+            self.count += 1
         if self.count > _MAX_MESSAGES:
             raise ProtocolViolation(f"more than {_MAX_MESSAGES} messages from one job")
         if self.channel.received_bytes > self.byte_budget:

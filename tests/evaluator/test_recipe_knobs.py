@@ -251,6 +251,40 @@ def test_the_worker_splits_the_budget_over_seeds_and_reports_truncation(tmp_path
     assert time.monotonic() - started < 6  # about 0.6 s; both seeds got a share
 
 
+def test_the_worker_says_where_a_long_epoch_is_and_the_host_accepts_it(tmp_path: Path, monkeypatch) -> None:
+    """Batches at most every BATCHES_EVERY_S inside an epoch (never at its last batch, which its
+    Progress covers); the host's own bounds accept the real worker's sequence."""
+    from orchestrator.sandbox import bounds
+    from sandbox_image import worker
+    from sandbox_image.protocol import Batches, Progress
+
+    data = _tiny(96)
+    for name, array in (("train_x", data.train_x), ("train_y", data.train_y), ("val_x", data.val_x),
+                        ("val_y", data.val_y), ("test_x", data.test_x)):
+        np.save(tmp_path / f"{name}.npy", array)
+    job = Job(job_id="t", source="", class_name="Net", input_shape=(1, 8, 8), num_classes=3,
+              train=TrainSpec(epochs=3, batch_size=8, seeds=(0, 1)), data=DataSpec(root=str(tmp_path)))
+    steps = -(-len(data.train_y) // 8)
+    sent: list[msgspec.Struct] = []
+    monkeypatch.setattr(worker, "BATCHES_EVERY_S", 0.02)  # _Slow takes 5 ms a batch: about one in four
+    worker.train_all(_Slow, job, sent.append)
+    batches = [m for m in sent if isinstance(m, Batches)]
+    assert 6 <= len(batches) <= 6 * (steps - 1)  # some in each epoch, never at an epoch's last batch
+    progress_seen: dict[int, int] = {}
+    for count, msg in enumerate(m for m in sent if isinstance(m, (Batches, Progress))):
+        if isinstance(msg, Progress):
+            bounds.check_progress(msg, job, progress_seen)
+        else:
+            assert 1 <= msg.step < msg.steps == steps
+            bounds.check_batches(msg, job, progress_seen, count + 1, elapsed_s=3600)
+    assert {(m.seed, m.epoch) for m in batches} == {(s, e) for s in (0, 1) for e in (1, 2, 3)}
+
+    sent.clear()
+    monkeypatch.setattr(worker, "BATCHES_EVERY_S", 3600.0)  # short epochs: nothing between them
+    worker.train_all(_Slow, job, sent.append)
+    assert not any(isinstance(m, Batches) for m in sent) and sum(isinstance(m, Progress) for m in sent) == 6
+
+
 # ------------------------------------------------------------------ determinism and CPU no-ops
 
 _FULL = TrainSpec(epochs=3, batch_size=32, lr=0.05, optimizer="sgd", nesterov=True, weight_decay=5e-4,

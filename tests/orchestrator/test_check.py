@@ -39,3 +39,30 @@ def test_a_data_dir_without_a_dataset_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(UsageError, match="--data-dir needs --dataset NAME"):
         run_check(CheckRequest(path=MODELS / "good_mlp.py", data_dir=str(tmp_path)), never,
                   SandboxConfig(image="unused", timeout_s=120))
+
+
+def test_check_train_progress_moves_inside_a_long_epoch(monkeypatch, capsys):
+    """`check --train`'s progress: a line per epoch and, without a terminal, where a long epoch is
+    every BATCH_LINE_EVERY_S; on a terminal the bar moves by the batch."""
+    from orchestrator import training
+    from sandbox_image.protocol import Batches, EpochStats, Progress
+
+    stats = EpochStats(epoch=1, train_loss=0.5, train_acc=0.8, val_loss=0.6, val_acc=0.75, seconds=40.0)
+    where = [Batches(seed=0, epoch=2, step=step, steps=400, epochs=3) for step in (100, 200)]
+    with training.TrainingProgress(3, 1, enabled=None) as bar:  # no terminal under pytest
+        bar.update(Progress(seed=0, stats=stats, epochs=3))
+        bar.update(where[0])  # too soon after the epoch's line
+        monkeypatch.setattr(training, "BATCH_LINE_EVERY_S", 0.0)
+        bar.update(where[1])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["seed 0 epoch 1/3: loss 0.500/0.600 acc 0.800/0.750", "seed 0 epoch 2/3: batch 200/400"]
+
+    with training.TrainingProgress(3, 1, enabled=True) as bar:
+        bar.update(Progress(seed=0, stats=stats, epochs=3))
+        bar.update(where[0])
+        assert bar._progress.tasks[0].completed == pytest.approx(1.25)  # 1 epoch and 100 of 400 batches
+    assert "1/3" in capsys.readouterr().err  # the bar counts whole epochs
+    with training.TrainingProgress(3, 1, enabled=False) as bar:
+        bar.update(where[1])
+        bar.update(Progress(seed=0, stats=stats, epochs=3))
+    assert capsys.readouterr().err == ""  # progress off: nothing at all

@@ -27,6 +27,7 @@ from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.runner import Slot, execute
 from sandbox_image.protocol import (
     PROTOCOL_VERSION,
+    Batches,
     CheckReport,
     DataSpec,
     Done,
@@ -69,6 +70,7 @@ ANY_MESSAGE = st.one_of(
     st.builds(CheckReport, params=INTS, trainable_params=INTS, output_shape=TUPLES_OF_INTS,
               forward_seconds=FLOATS, import_seconds=FLOATS),
     st.builds(Progress, seed=INTS, stats=STATS, epochs=INTS),
+    st.builds(Batches, seed=INTS, epoch=INTS, step=INTS, steps=INTS, epochs=INTS),
     st.builds(Predictions, seed=INTS, logits=BLOBS, dtype=TEXT, shape=TUPLES_OF_INTS, curves=CURVES,
               best_epoch=INTS, stopped_early=st.booleans(), seconds=FLOATS),
     FAILURES,
@@ -98,7 +100,7 @@ def mutations(draw) -> Mutation:
         name, kind = draw(st.sampled_from([
             ("params", int), ("trainable_params", int), ("forward_seconds", float), ("import_seconds", float),
             ("seed", int), ("epochs", int), ("dtype", str), ("best_epoch", int), ("seconds", float),
-            ("stopped_early", bool), ("logits", bytes),
+            ("stopped_early", bool), ("logits", bytes), ("epoch", int), ("step", int), ("steps", int),
         ]))
         return Mutation(op, index, field=name, value=draw(BY_TYPE[kind]))
     if op == "stats":
@@ -117,7 +119,8 @@ def mutations(draw) -> Mutation:
 
 
 def honest_script(job: Job, n_test: int) -> list:
-    """What an honest worker sends for ``job``: a check, each seed's epochs and predictions, Done."""
+    """What an honest worker sends for ``job``: a check, each seed's epochs and predictions, Done;
+    where its first two epochs are (two Batches each, within the host's burst: the script is fast)."""
     assert job.train is not None
     k, epochs = job.num_classes, job.train.epochs
     out: list = [CheckReport(params=123, trainable_params=123, output_shape=(job.check_batch, k),
@@ -125,7 +128,10 @@ def honest_script(job: Job, n_test: int) -> list:
     for seed in job.train.seeds:
         curve = tuple(EpochStats(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.4 * e / epochs, val_loss=1.2 / e,
                                  val_acc=0.5 + 0.3 * e / epochs, seconds=0.1, lr=1e-3) for e in range(1, epochs + 1))
-        out += [Progress(seed=seed, stats=s, epochs=epochs) for s in curve]
+        for stats in curve:
+            if stats.epoch <= 2:
+                out += [Batches(seed=seed, epoch=stats.epoch, step=step, steps=4, epochs=epochs) for step in (1, 3)]
+            out.append(Progress(seed=seed, stats=stats, epochs=epochs))
         logits = np.random.default_rng(seed).normal(size=(n_test, k)).astype("<f4")
         out.append(Predictions(seed=seed, logits=logits.tobytes(), dtype="<f4", shape=(n_test, k), curves=curve,
                                best_epoch=epochs, seconds=1.0))
@@ -176,12 +182,13 @@ def mutate(script: list, plan: list[Mutation]) -> list:
     return script
 
 
-def _execute(backend: ScriptedBackend, jobs_root: Path, job: Job | None = None):
-    """One job through a fresh slot of ``backend``: the real runner, socket and checks."""
+def _execute(backend: ScriptedBackend, jobs_root: Path, job: Job | None = None, seen: list | None = None):
+    """One job through a fresh slot of ``backend``: the real runner, socket and checks; ``seen``
+    gets every message the runner passed on (what the loop and the live view see)."""
     with Slot(backend, CONFIG, jobs_root=jobs_root) as slot:
         slot.start()
         slot.wait_ready(5)
-        return execute(slot, job or JOB, n_test=N_TEST)
+        return execute(slot, job or JOB, n_test=N_TEST, on_message=None if seen is None else seen.append)
 
 
 def _forger(plan: list[Mutation], n_test: int) -> ScriptedBackend:
@@ -199,8 +206,13 @@ N_TEST = 30
 @given(plan=st.lists(mutations(), max_size=4))
 def test_any_script_ends_as_a_result_whose_values_are_bounded(plan, tmp_path):
     backend = _forger(plan, N_TEST)
-    result = _execute(backend, tmp_path)
+    seen: list = []
+    result = _execute(backend, tmp_path, seen=seen)
     assert result.status in ("passed", "failed")
+    # whatever the end, each Batches passed on to the view names an asked seed's running epoch and a batch in it
+    for msg in (m for m in seen if isinstance(m, Batches)):
+        assert msg.seed in (0, 1) and msg.epochs == 3 and 1 <= msg.epoch <= 3
+        assert 1 <= msg.step <= msg.steps <= MAX_COUNT
     if result.failure is not None:
         assert isinstance(result.failure.kind, FailureKind)
         return
@@ -319,6 +331,53 @@ def _padded_progress(epoch: int, size: int) -> bytes:
     body = msgspec.to_builtins(Progress(seed=0, stats=stats, epochs=3))
     body["padding"] = "p" * size
     return msgspec.msgpack.encode(body)
+
+
+def test_the_view_sees_the_honest_batches_in_order(tmp_path):
+    seen: list = []
+    result = _execute(_forger([], N_TEST), tmp_path, seen=seen)
+    assert result.failure is None, result.failure
+    where = [(m.seed, m.epoch, m.step) for m in seen if isinstance(m, Batches)]
+    assert where == [(seed, epoch, step) for seed in (0, 1) for epoch in (1, 2) for step in (1, 3)]
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(epoch=2), "says epoch 2; it is training epoch 1 of 3"),  # ahead of the epochs finished
+    (dict(step=5), "batch 5 of 4"),
+    (dict(step=0), "batch 0 of 4"),
+    (dict(steps=2**64 - 1), "0..2**53"),
+    (dict(seed=7), "seed 7, which was not asked for"),
+    (dict(epochs=4), "Batches says 4 epochs; 3 were asked"),
+])
+def test_a_batches_message_out_of_place_is_a_protocol_violation(change, words, tmp_path):
+    def script(job):
+        honest = honest_script(job, N_TEST)
+        first = next(i for i, m in enumerate(honest) if isinstance(m, Batches))
+        honest[first] = msgspec.structs.replace(honest[first], **change)
+        return honest
+
+    result = _execute(ScriptedBackend(script), tmp_path)
+    assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
+    assert words in result.failure.message
+
+
+def test_batches_after_a_seeds_predictions_or_its_last_epoch_are_refused(tmp_path):
+    def late(job):  # seed 0 says where it is after its predictions went
+        honest = honest_script(job, N_TEST)
+        at = next(i for i, m in enumerate(honest) if isinstance(m, Predictions)) + 1
+        return honest[:at] + [Batches(seed=0, epoch=4, step=1, steps=4, epochs=3)] + honest[at:]
+
+    result = _execute(ScriptedBackend(late), tmp_path)
+    assert result.failure is not None and "Batches for seed 0 after its 3 epochs" in result.failure.message
+
+
+def test_a_flood_of_batches_is_cut_off(tmp_path):
+    """Valid, tiny and many: more than the burst plus one a second is a protocol violation."""
+    check = CheckReport(params=1, trainable_params=1, output_shape=(2, 3), forward_seconds=0.0)
+    flood = [Batches(seed=0, epoch=1, step=1, steps=4, epochs=3)] * 500
+    result = _execute(ScriptedBackend(lambda job: [check, *flood]), tmp_path)
+    assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
+    assert "more than 10 plus one a second" in result.failure.message
 
 
 def test_a_fast_worker_loses_no_frame_behind_the_small_receive_queue(tmp_path):

@@ -22,6 +22,44 @@ def test_a_progress_line_every_heartbeat_names_each_candidate_in_flight(monkeypa
             "c006 training its first epoch (3 finished)") in err
 
 
+def test_a_long_epoch_shows_its_batch_and_each_candidate_its_time(monkeypatch, capsys):
+    monkeypatch.setattr(live, "HEARTBEAT_S", 0.0)
+    now = time.monotonic()
+    view = LiveView(enabled=False)
+    with view:
+        view.refresh(_loop({
+            "c007": {"epoch": 3, "epochs": 20, "seed": 0, "val_acc": 0.9, "batch": (4, 120, 469), "submitted": now - 95},
+            "c008": {"epoch": 0, "epochs": 10, "seed": 0, "params": 10, "batch": (1, 7, 235), "submitted": now - 31},  # inside its first epoch
+            "c009": {"epoch": 0, "submitted": now - 2},
+        }))
+    err = capsys.readouterr().err
+    assert ("c007 seed 0 epoch 4/20, batch 120/469 val acc 0.9000 at epoch 3 (95 s); c008 seed 0 epoch 1/10, batch 7/235 "
+            "(31 s); c009 starting (2 s) (3 finished)") in err
+
+
+def test_the_panel_shows_the_batch_and_time_of_each_candidate():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from orchestrator.planning.types import Target
+
+    console = Console(file=StringIO(), width=200, record=True)
+    now = time.monotonic()
+    proposal = SimpleNamespace(config=SimpleNamespace(name="resnet_w64"))
+    loop = SimpleNamespace(
+        state=SimpleNamespace(in_flight={"c002": {"proposal": proposal, "epoch": 1, "epochs": 8, "seed": 0,
+                                                  "val_acc": 0.5, "params": 1000, "batch": (2, 50, 100),
+                                                  "submitted": now - 61}},
+                              started=now - 70, finished=1, failed=0),
+        settings=SimpleNamespace(name="r", max_candidates=5, time_budget_s=600),
+        target=Target(metric="accuracy", threshold=0.9), pool=SimpleNamespace(stats={"ready": 1}),
+        counted_candidates=lambda: 2, registry=SimpleNamespace(candidates=lambda status: []))
+    console.print(LiveView(console=console, enabled=False)._render(loop))
+    text = console.export_text()
+    assert "2/8, batch 50/100" in text and "61 s" in text and "resnet_w64" in text
+
+
 def test_no_line_before_the_heartbeat_or_when_nothing_runs(capsys):
     view = LiveView(enabled=False)
     with view:

@@ -16,6 +16,7 @@ def test_every_worker_message_round_trips_through_the_host_decoder():
         p.Ready(protocol=p.PROTOCOL_VERSION, python="3.11", torch="2.14.1"),
         p.CheckReport(params=10, trainable_params=10, output_shape=(2, 10), forward_seconds=0.01),
         p.Progress(seed=0, stats=stats, epochs=3),
+        p.Batches(seed=0, epoch=2, step=120, steps=469, epochs=3),
         p.Predictions(seed=0, logits=b"\x00" * 8, dtype="<f4", shape=(1, 2), curves=(stats,)),
         p.Failure(stage=p.Stage.FORWARD, kind=p.FailureKind.SHAPE_MISMATCH, message="bad"),
         p.Done(seconds=1.0),
