@@ -67,3 +67,24 @@ def test_no_line_before_the_heartbeat_or_when_nothing_runs(capsys):
         view._last_line -= live.HEARTBEAT_S
         view.refresh(_loop({}))  # nothing in flight
     assert capsys.readouterr().err == ""
+
+
+def test_the_next_seeds_batches_do_not_carry_the_last_seeds_epoch():
+    """What the loop keeps per candidate for the view: a new seed's first Batches clears the last seed's
+    epoch and val acc (else '... seed 1 epoch 1/12, batch 73/180 val acc 0.9344 at epoch 6')."""
+    import threading
+
+    from orchestrator.loop import ResearchLoop
+    from sandbox_image.protocol import Batches, EpochStats, Progress, TrainSpec
+
+    proposal = SimpleNamespace(train=TrainSpec(epochs=12, seeds=(0, 1)))
+    entry = {"proposal": proposal, "seed": None, "epoch": 0, "val_acc": None, "submitted": time.monotonic()}
+    loop = SimpleNamespace(state=SimpleNamespace(in_flight={"c001": entry}), planner=None,
+                           _planner_lock=threading.Lock())
+    stats = EpochStats(epoch=6, train_loss=0.2, train_acc=0.93, val_loss=0.2, val_acc=0.9344, seconds=15.0)
+    for msg in (Batches(seed=0, epoch=6, step=90, steps=180, epochs=12), Progress(seed=0, stats=stats, epochs=12),
+                Batches(seed=1, epoch=1, step=73, steps=180, epochs=12)):
+        assert ResearchLoop._track(loop, "c001", proposal, msg) is False
+    assert (entry["seed"], entry["epoch"], entry["val_acc"], entry["batch"]) == (1, 0, None, (1, 73, 180))
+    assert LiveView._in_flight_line(SimpleNamespace(state=SimpleNamespace(
+        in_flight={"c001": entry}, finished=0))).startswith("c001 seed 1 epoch 1/12, batch 73/180 (")
