@@ -147,12 +147,13 @@ def train_seed(
     device: str = "cpu",
     on_epoch: Callable[[EpochStats], None] | None = None,
     deadline: float | None = None,
-    on_batch: Callable[[int, int, int], None] | None = None,
+    on_batch: Callable[[int, int, int, int], None] | None = None,
 ) -> SeedResult:
     """Train one seed as ``spec`` says, keep the best-validation weights, predict the test inputs.
 
-    ``on_epoch`` gets each finished epoch's stats; ``on_batch(epoch, step, steps)`` is called
-    after every training batch (the caller decides how often to pass it on).
+    ``on_epoch`` gets each finished epoch's stats; ``on_batch(epoch, step, steps, planned)`` is
+    called after every training batch (the caller decides how often to pass it on); ``planned``
+    is the epochs the run now goes to: those asked, or fewer where the deadline fits fewer.
     """
     started = time.monotonic()
     dev = torch.device(device)
@@ -423,9 +424,10 @@ class _Loop:
         self.total_steps = spec.epochs * self.steps_per_epoch
         self.scheduled = spec.schedule != "constant" or spec.warmup_epochs > 0
         self.step = 0
+        self.planned = spec.epochs  # the epochs the run goes to: fewer once a deadline re-plans an annealing schedule
 
     def run(self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None,
-            on_batch: Callable[[int, int, int], None] | None = None) -> _Run:
+            on_batch: Callable[[int, int, int, int], None] | None = None) -> _Run:
         """Train until the epoch budget, patience or deadline runs out; restore the best weights."""
         run, best, stale = _Run(curves=[]), _Best(), 0
         patience, epochs, epoch = effective_patience(self.spec), self.spec.epochs, 0
@@ -446,6 +448,7 @@ class _Loop:
             if fitted < epochs:  # the schedule is planned over what the deadline leaves: it still anneals
                 epochs, run.truncated = fitted, True
                 self.total_steps = epochs * self.steps_per_epoch
+                self.planned = epochs
         if best.state is not None:
             self.model.load_state_dict(best.state)
         run.best_epoch = len(run.curves) if self.spec.fit_val else best.epoch
@@ -466,7 +469,7 @@ class _Loop:
         return min(epochs, len(curves) + more)
 
     def _epoch(self, epoch: int, deadline: float | None,
-               on_batch: Callable[[int, int, int], None] | None = None) -> tuple[EpochStats, bool]:
+               on_batch: Callable[[int, int, int, int], None] | None = None) -> tuple[EpochStats, bool]:
         started = time.monotonic()
         train_loss, train_acc, cut = self._train_epoch(deadline, epoch, on_batch)
         val_loss, val_acc = _evaluate(self.model, self.t.val_x, self.t.val_y, self.device, self.eval_batch,
@@ -485,7 +488,7 @@ class _Loop:
         return stats, cut
 
     def _train_epoch(self, deadline: float | None, epoch: int = 1,
-                     on_batch: Callable[[int, int, int], None] | None = None) -> tuple[float, float, bool]:
+                     on_batch: Callable[[int, int, int, int], None] | None = None) -> tuple[float, float, bool]:
         """Mean training loss and accuracy of the batches run, and whether the deadline cut the epoch."""
         self.model.train()
         x, y, size = self.t.train_x, self.t.train_y, self.spec.batch_size
@@ -503,7 +506,7 @@ class _Loop:
             if self.device.type == "cpu" or step % _CUDA_CHECK_EVERY == 0:
                 _check_finite(loss_sum, "training loss")
             if on_batch is not None:
-                on_batch(epoch, step, self.steps_per_epoch)
+                on_batch(epoch, step, self.steps_per_epoch, self.planned)
             if deadline is not None and seen < self.used and time.monotonic() >= deadline:
                 cut = True
                 break

@@ -146,13 +146,16 @@ class LiveView:
 
 
 def _epoch(entry: dict) -> str:
-    """``3/20`` after an epoch; ``4/20, batch 120/469`` while a Batches message says where epoch 4 is."""
+    """``3/20`` after an epoch; ``4/20, batch 120/469`` while a Batches message says where epoch 4 is;
+    ``5/7 (of 12 asked)`` once the candidate's deadline has re-planned its schedule over 7 epochs."""
     epochs = entry.get("epochs") or "?"
+    planned = entry.get("planned") or epochs
+    of = f"{planned} (of {epochs} asked)" if planned != epochs else f"{epochs}"
     batch = entry.get("batch")
     if batch:
         epoch, step, steps = batch
-        return f"{epoch}/{epochs}, batch {step}/{steps}"
-    return f"{entry['epoch']}/{epochs}"
+        return f"{epoch}/{of}, batch {step}/{steps}"
+    return f"{entry['epoch']}/{of}"
 
 
 def _took(entry: dict, now: float) -> str:

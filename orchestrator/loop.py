@@ -358,7 +358,8 @@ class ResearchLoop:
         elif isinstance(msg, Batches):
             if msg.seed != entry.get("seed"):  # the next seed: the last one's epoch and val acc are not its own
                 entry.update(epoch=0, val_acc=None)
-            entry.update(seed=msg.seed, epochs=msg.epochs, batch=(msg.epoch, msg.step, msg.steps))
+            entry.update(seed=msg.seed, epochs=msg.epochs, batch=(msg.epoch, msg.step, msg.steps),
+                         planned=msg.planned or msg.epochs)
         elif isinstance(msg, Progress):
             entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc,
                          batch=None)

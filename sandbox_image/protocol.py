@@ -210,13 +210,18 @@ BATCHES_EVERY_S = 5.0
 
 class Batches(_Msg, kw_only=True):
     """Where training is inside an epoch: ``step`` of its ``steps`` batches done (streamed
-    at most every ``BATCHES_EVERY_S`` while an epoch trains, so a long epoch shows progress)."""
+    at most every ``BATCHES_EVERY_S`` while an epoch trains, so a long epoch shows progress).
+
+    ``epochs`` is what the job asked; ``planned`` the epochs training now goes to, fewer once
+    the job's deadline re-planned an annealing schedule over the epochs that fit (0: as asked).
+    """
 
     seed: int
     epoch: int
     step: int
     steps: int
     epochs: int = 0
+    planned: int = 0
 
 
 class Predictions(_Msg, kw_only=True):

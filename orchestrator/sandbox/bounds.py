@@ -136,6 +136,9 @@ def check_batches(msg: Batches, job: Job, progress_seen: dict[int, int], sent: i
     if isinstance(msg.epoch, bool) or msg.epoch != running:
         raise ProtocolViolation(f"Batches for seed {msg.seed} says epoch {_show(msg.epoch)}; "
                                 f"it is training epoch {running} of {epochs}")
+    if isinstance(msg.planned, bool) or not (msg.planned == 0 or running <= msg.planned <= epochs):
+        raise ProtocolViolation(f"Batches says training goes to epoch {_show(msg.planned)}; it is training "
+                                f"epoch {running} of the {epochs} asked")
     check_count(msg.steps, "Batches steps")
     check_count(msg.step, "Batches step")
     if not 1 <= msg.step <= msg.steps:

@@ -224,9 +224,16 @@ def test_a_deadline_cuts_training_keeps_the_best_weights_and_says_so() -> None:
     seen: list[EpochStats] = []
     spec = TrainSpec(epochs=50, batch_size=8, schedule="onecycle", optimizer="sgd", lr=0.05)
     started = time.monotonic()
-    result = train_seed(_Slow, _tiny(96), spec, seed=0, deadline=started + 0.3, on_epoch=seen.append)
+    batches: list[tuple[int, int, int, int]] = []
+    result = train_seed(_Slow, _tiny(96), spec, seed=0, deadline=started + 0.3, on_epoch=seen.append,
+                        on_batch=lambda *where: batches.append(where))
     assert result.truncated and not result.stopped_early
     assert 1 <= len(result.curves) < 50 and tuple(seen) == result.curves
+    # every batch is reported with the epochs training goes to: 50 asked, then what the deadline fits
+    assert batches[0] == (1, 1, 12, 50) and all(b[2] == 12 for b in batches)
+    planned = [b[3] for b in batches]
+    assert planned == sorted(planned, reverse=True) and planned[-1] < 50
+    assert all(epoch <= plan for epoch, _, _, plan in batches)
     assert time.monotonic() - started < 5  # about 0.3 s; generous for a shared machine
     assert result.logits.shape == (40, 3) and np.isfinite(result.logits).all()
     assert 1 <= result.best_epoch <= len(result.curves)
@@ -275,7 +282,7 @@ def test_the_worker_says_where_a_long_epoch_is_and_the_host_accepts_it(tmp_path:
         if isinstance(msg, Progress):
             bounds.check_progress(msg, job, progress_seen)
         else:
-            assert 1 <= msg.step < msg.steps == steps
+            assert 1 <= msg.step < msg.steps == steps and msg.planned == 3  # no deadline: as asked
             bounds.check_batches(msg, job, progress_seen, count + 1, elapsed_s=3600)
     assert {(m.seed, m.epoch) for m in batches} == {(s, e) for s in (0, 1) for e in (1, 2, 3)}
 

@@ -70,7 +70,7 @@ ANY_MESSAGE = st.one_of(
     st.builds(CheckReport, params=INTS, trainable_params=INTS, output_shape=TUPLES_OF_INTS,
               forward_seconds=FLOATS, import_seconds=FLOATS),
     st.builds(Progress, seed=INTS, stats=STATS, epochs=INTS),
-    st.builds(Batches, seed=INTS, epoch=INTS, step=INTS, steps=INTS, epochs=INTS),
+    st.builds(Batches, seed=INTS, epoch=INTS, step=INTS, steps=INTS, epochs=INTS, planned=INTS),
     st.builds(Predictions, seed=INTS, logits=BLOBS, dtype=TEXT, shape=TUPLES_OF_INTS, curves=CURVES,
               best_epoch=INTS, stopped_early=st.booleans(), seconds=FLOATS),
     FAILURES,
@@ -101,6 +101,7 @@ def mutations(draw) -> Mutation:
             ("params", int), ("trainable_params", int), ("forward_seconds", float), ("import_seconds", float),
             ("seed", int), ("epochs", int), ("dtype", str), ("best_epoch", int), ("seconds", float),
             ("stopped_early", bool), ("logits", bytes), ("epoch", int), ("step", int), ("steps", int),
+            ("planned", int),
         ]))
         return Mutation(op, index, field=name, value=draw(BY_TYPE[kind]))
     if op == "stats":
@@ -212,7 +213,7 @@ def test_any_script_ends_as_a_result_whose_values_are_bounded(plan, tmp_path):
     # whatever the end, each Batches passed on to the view names an asked seed's running epoch and a batch in it
     for msg in (m for m in seen if isinstance(m, Batches)):
         assert msg.seed in (0, 1) and msg.epochs == 3 and 1 <= msg.epoch <= 3
-        assert 1 <= msg.step <= msg.steps <= MAX_COUNT
+        assert 1 <= msg.step <= msg.steps <= MAX_COUNT and (msg.planned == 0 or msg.epoch <= msg.planned <= 3)
     if result.failure is not None:
         assert isinstance(result.failure.kind, FailureKind)
         return
@@ -348,6 +349,8 @@ def test_the_view_sees_the_honest_batches_in_order(tmp_path):
     (dict(steps=2**64 - 1), "0..2**53"),
     (dict(seed=7), "seed 7, which was not asked for"),
     (dict(epochs=4), "Batches says 4 epochs; 3 were asked"),
+    (dict(planned=4), "training goes to epoch 4; it is training epoch 1 of the 3 asked"),
+    (dict(planned=-1), "training goes to epoch -1"),
 ])
 def test_a_batches_message_out_of_place_is_a_protocol_violation(change, words, tmp_path):
     def script(job):
