@@ -192,7 +192,8 @@ class TrainingProgress:
         """The bar moves within an epoch; without a terminal, a line now and then."""
         if self.enabled is False:
             return
-        where = f"seed {msg.seed} epoch {msg.epoch}/{self.epochs}: batch {msg.step}/{msg.steps}"
+        planned = msg.planned or self.epochs  # fewer than asked once a deadline re-planned the schedule
+        where = f"seed {msg.seed} epoch {msg.epoch}/{planned}: batch {msg.step}/{msg.steps}"
         if self._progress is not None:
             self._progress.update(self._task, completed=self._epochs_done + msg.step / max(msg.steps, 1),
                                   description="training")
