@@ -30,12 +30,13 @@ def test_a_long_epoch_shows_its_batch_and_each_candidate_its_time(monkeypatch, c
         view.refresh(_loop({
             "c007": {"epoch": 3, "epochs": 20, "seed": 0, "val_acc": 0.9, "batch": (4, 120, 469), "planned": 7,
                      "submitted": now - 95},  # its deadline fits 7 of the 20 epochs asked
-            "c008": {"epoch": 0, "epochs": 10, "seed": 0, "params": 10, "batch": (1, 7, 235), "submitted": now - 31},  # inside its first epoch
+            "c008": {"epoch": 0, "epochs": 10, "seed": 0, "params": 10, "batch": (1, 7, 235),
+                     "submitted": now - 31},  # inside its first epoch
             "c009": {"epoch": 0, "submitted": now - 2},
         }))
     err = capsys.readouterr().err
-    assert ("c007 seed 0 epoch 4/7 (of 20 asked), batch 120/469 val acc 0.9000 at epoch 3 (95 s); c008 seed 0 epoch 1/10, batch 7/235 "
-            "(31 s); c009 starting (2 s) (3 finished)") in err
+    assert ("c007 seed 0 epoch 4/7 (of 20 asked), batch 120/469 val acc 0.9000 at epoch 3 (95 s); "
+            "c008 seed 0 epoch 1/10, batch 7/235 (31 s); c009 starting (2 s) (3 finished)") in err
 
 
 def test_the_panel_shows_the_batch_and_time_of_each_candidate():
