@@ -325,7 +325,8 @@ def add_run_parser(sub) -> None:
                                    "--llm-base-url the built-in offline planner (Optuna TPE) searches.")
     goal_help = f"what to build, e.g. 'F1 above 0.9' (default: {DEFAULT_GOAL!r})".replace("%", "%%")  # argparse %-formats help
     p.add_argument("--goal", default=DEFAULT_GOAL, help=goal_help)
-    p.add_argument("--target", help="stop when the best mean test METRIC reaches VALUE, e.g. accuracy=0.98 (overrides the goal's)")
+    p.add_argument("--target", help="stop when the best mean selection METRIC (a held-out split; test never decides) "
+                                    "reaches VALUE, e.g. accuracy=0.98 (overrides the goal's)")
     p.add_argument("--name", help="run directory name (default: run_<UTC timestamp>)")
     p.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR), help=f"where run directories go (default: ./{DEFAULT_RUNS_DIR})")
     p.add_argument("--keep", action="store_true", help="keep the run's scratch files (the arrays given to sandboxes)")
