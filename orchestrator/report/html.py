@@ -85,7 +85,7 @@ def _leaderboard(data: ReportData) -> str:
         s = r.summary(data.metric)
         rows.append([str(rank), f"<code>{e(r.id)}</code>", text.num(r.value(data.metric)),
                      f"<b>{text.num(s.mean if s else None)}</b>",
-                     e(text.ci(s)), text.num(s.std if s else None), text.params(r.params),
+                     e(text.ci(s)), text.std(s), text.params(r.params),
                      text.epochs_run(r), f"{r.seconds:.1f}"] + ([e(nodes.get(r.id, ""))] if nodes else [])
                     + [f"<span class=\"layers\">{e(clip(text.layers(r), 200))}</span>"])
     header = ["#", "candidate", f"selection {e(data.metric)}", f"test {e(data.metric)} mean", "95% CI", "std",
@@ -107,7 +107,7 @@ def _best(data: ReportData) -> str:
                      ("rationale", clip(best.proposal.rationale or "–")),
                      ("source", f"src/models/model.py (and candidates/{best.id}/model.py)")])
     metrics = table(["metric", "mean", "95% CI", "std"],
-                    [[e(m.name), text.num(m.mean), e(text.ci(m)), text.num(m.std)]
+                    [[e(m.name), text.num(m.mean), e(text.ci(m)), text.std(m)]
                      for m in text.metric_rows(best)], cls="num")
     per_class = table(["class", "support", "precision", "recall", "F1"],
                       [[e(c.name), str(c.support), text.num(c.precision), text.num(c.recall),

@@ -88,7 +88,7 @@ def _leaderboard(data: ReportData) -> str:
     for rank, r in enumerate(data.leaderboard, start=1):
         s = r.summary(data.metric)
         rows.append([str(rank), md(r.id), text.num(r.value(data.metric)), text.num(s.mean if s else None),
-                     md(text.ci(s)), text.num(s.std if s else None), text.params(r.params), text.epochs_run(r),
+                     md(text.ci(s)), text.std(s), text.params(r.params), text.epochs_run(r),
                      f"{r.seconds:.1f}"] + ([md(nodes.get(r.id, ""))] if nodes else [])
                     + [md(clip(text.layers(r), 160))])
     return "\n\n".join(["## Leaderboard", f"Passed candidates ranked by mean {md(data.metric)} on the held-out "
@@ -103,7 +103,7 @@ def _best(data: ReportData) -> str:
     if best is None:
         return ""
     metrics = table(["metric", "mean", "95% CI", "std"],
-                    [[md(m.name), text.num(m.mean), md(text.ci(m)), text.num(m.std)]
+                    [[md(m.name), text.num(m.mean), md(text.ci(m)), text.std(m)]
                      for m in text.metric_rows(best)])
     per_class = table(["class", "support", "precision", "recall", "F1"],
                       [[md(c.name), str(c.support), text.num(c.precision), text.num(c.recall),

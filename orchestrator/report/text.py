@@ -42,6 +42,15 @@ def ci(summary: MetricSummary | None) -> str:
     return f"[{num(summary.ci95_low)}, {num(summary.ci95_high)}]"
 
 
+def std(summary: MetricSummary | None) -> str:
+    """The standard deviation over seeds, or a note when one seed gives none (not a false 0.0000)."""
+    if summary is None:
+        return "–"
+    if len(summary.per_seed) < 2:
+        return "n/a (one seed)"
+    return num(summary.std)
+
+
 def seconds(value: float | None) -> str:
     """``42.1 s``, ``3 min 20 s`` or ``1 h 05 min``."""
     if value is None:
@@ -129,12 +138,13 @@ def outcome(data: ReportData) -> str:
     n_select = data.dataset.get("n_select") or (best.selection.n_test if best.selection else 0)
     return (f"{head}: candidate {best.id} reached mean test {data.metric} {num(summary.mean if summary else None)} "
             f"(95% CI {ci(summary)}) over {len(best.scores.seeds) if best.scores else 0} seed(s). "
-            f"{selection_note(data.metric, chosen, n_select)}")
+            f"{selection_note(data.metric, chosen, n_select, stopped=data.target_met)}")
 
 
-def selection_note(metric: str, chosen, n_select: int) -> str:
-    """How the best was chosen: on the selection split, never on test."""
-    return (f"It was chosen, and the run stopped, on mean {metric} {num(chosen.mean if chosen else None)} over a "
+def selection_note(metric: str, chosen, n_select: int, *, stopped: bool = False) -> str:
+    """How the best was chosen (and, ``stopped``, the run ended): on the selection split, never on test."""
+    how = "It was chosen, and the run stopped," if stopped else "It was chosen"
+    return (f"{how} on mean {metric} {num(chosen.mean if chosen else None)} over a "
             f"held-out selection split of {n_select:,} examples whose labels never entered a sandbox; the test "
             "split decided nothing, so its figure is not the best of many test scores.")
 
@@ -180,7 +190,8 @@ def run_lines(data: ReportData) -> list[tuple[str, str]]:
         ("target", target(data)),
         ("planner", planner),
         ("budget", ", ".join(b for b in budgets if b) or "none"),
-        ("seeds", ", ".join(map(str, s.seeds))),
+        ("seeds", f"{len(s.seeds)} per candidate ({'seed' if len(s.seeds) == 1 else 'seeds'} "
+                  f"{', '.join(map(str, s.seeds))})"),
         ("device / runtime", f"{s.device} / {s.sandbox.container_runtime}"),
         ("started", when(data.run.started)),
         ("wall time (running)", seconds(data.wall_s)),

@@ -66,3 +66,25 @@ def test_check_train_progress_moves_inside_a_long_epoch(monkeypatch, capsys):
         bar.update(where[1])
         bar.update(Progress(seed=0, stats=stats, epochs=3))
     assert capsys.readouterr().err == ""  # progress off: nothing at all
+
+
+def test_check_train_one_seed_prints_and_reports_no_spread():
+    """One seed has no standard deviation: the table shows '-' and --json null, never a steady 0.0000."""
+    import numpy as np
+
+    from evaluator.dynamics import analyse
+    from evaluator.metrics import score_seeds
+    from orchestrator import training
+    from sandbox_image.protocol import EpochStats
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    logits = {s: rng.normal(size=(90, 3)).astype(np.float32) + 2.0 * np.eye(3, dtype=np.float32)[y] for s in range(2)}
+    curves = {0: (EpochStats(epoch=1, train_loss=0.5, train_acc=0.8, val_loss=0.6, val_acc=0.75, seconds=1.0),)}
+    for seeds, spread in (((0,), False), ((0, 1), True)):
+        scores = score_seeds({s: logits[s] for s in seeds}, y, ("a", "b", "c"))
+        acc = training.training_json(scores, analyse(curves), None)["metrics"]["accuracy"]
+        assert (acc["std"] is not None) is spread and (acc["ci95"][0] is not None) is spread
+        row = next(line for line in training.summary_text(scores, analyse(curves), None).splitlines()
+                   if line.strip().startswith("accuracy "))
+        assert row.rstrip().endswith(f"{scores.metrics['accuracy'].std:.4f}" if spread else " -"), row

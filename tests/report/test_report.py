@@ -7,8 +7,11 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from evaluator.metrics import score_seeds
+from orchestrator.planning.types import Target
 from orchestrator.registry import EventRecord, LLMConfig, Registry, RunInfo
 from orchestrator.report import write_reports
 from orchestrator.report.content import running_seconds
@@ -73,6 +76,8 @@ def test_reports_show_the_leaderboard_with_cis(run: Path) -> None:
         assert f"{best.value('accuracy'):.4f}" in doc and "selection split" in doc and "decided nothing" in doc
         assert "Leaderboard" in doc and "95% CI" in doc
         assert "Target met" in doc if best.mean >= 0.9 else "Target not met" in doc
+        assert ("It was chosen, and the run stopped, on" in doc) == ("Target met" in doc)
+        assert "3 per candidate (seeds 0, 1, 2)" in doc
         assert "feedc0ffee1234" in doc and "Planner steps" in doc
         assert "a small CNN to start from" in doc  # rationale per step
     md = (run / "report.md").read_text()
@@ -125,6 +130,30 @@ def test_reports_of_runs_without_results(tmp_path: Path) -> None:
         md, page = write_reports(failed)  # while the writer still holds the run
     assert "No candidate passed (1 failed)" in page.read_text()
     assert "shape\\_mismatch (1)" in md.read_text()
+
+
+def test_a_one_seed_run_short_of_its_target_shows_no_spread_and_no_stop_on_the_target(tmp_path: Path) -> None:
+    # one seed: no interval and no standard deviation (0.0000 would read as a perfectly steady model)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, len(f.CLASS_NAMES), f.N_TEST)
+    logits = rng.normal(size=(f.N_TEST, len(f.CLASS_NAMES))).astype(np.float32)
+    logits[np.arange(f.N_TEST), y] += 1.0
+    one = score_seeds({0: logits}, y, f.CLASS_NAMES)
+    run_dir = tmp_path / "one_seed"
+    with Registry.create(run_dir, f.settings(seeds=(0,), target=Target(metric="accuracy", threshold=0.999)),
+                         plots=False) as reg:
+        cid = reg.add_candidate(f.proposal(), f.SOURCE)
+        reg.mark_running(cid)
+        reg.finish_candidate(cid, check=f.check(), scores=one, selection=one, curves=f.curves(), seconds=2.0)
+        reg.set_status("finished", "time budget spent (600 s)")
+    md, page = (p.read_text() for p in write_reports(run_dir))
+    for doc in (md, page):
+        assert "Target not met" in doc and "It was chosen on mean accuracy" in doc and "the run stopped" not in doc
+        assert "1 per candidate (seed 0)" in doc
+        assert "0.0000" not in doc  # neither in the leaderboard nor in the metric table
+    board = md[md.index("## Leaderboard"):md.index("## Best model")]
+    assert re.search(r"^\| 1 \| c001 \| [0-9.]+ \| [0-9.]+ \| n/a \(one seed\) \| n/a \(one seed\) \|", board,
+                     re.MULTILINE), board
 
 
 def test_wall_time_leaves_out_the_time_a_run_was_dead() -> None:
