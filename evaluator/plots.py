@@ -174,6 +174,14 @@ def plot_time_to_accuracy(points: Sequence[Progress], path: str | Path, *, metri
         ax.step([m for m, _ in tests], [t for _, t in tests], where="post", marker="s", markersize=3,
                 linestyle="--", label=f"test {metric} of that model (reported only)")
     ax.set(title=title, xlabel="wall time since the run started (minutes)", ylabel=metric)
+    # From the run's start, and a value axis at least 0.01 tall: one point, or a flat line, drawn on
+    # an axis zoomed to 0.002 (with an offset) reads as a large swing.
+    ax.set_xlim(0.0, max(minutes) * 1.05 or 1.0)
+    values = [p.selection for p in points] + [t for _, t in tests]
+    low, high = min(values), max(values)
+    half = max(high - low, 0.01) * 0.55
+    ax.set_ylim((low + high) / 2 - half, (low + high) / 2 + half)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

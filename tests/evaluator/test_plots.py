@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluator.plots import Bar, plot_confusion, plot_learning_curves, plot_leaderboard
+from evaluator import plots
+from evaluator.plots import (Bar, Progress, plot_confusion, plot_leaderboard, plot_learning_curves,
+                             plot_time_to_accuracy)
 from sandbox_image.protocol import EpochStats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +61,26 @@ def test_leaderboard_png_with_a_failed_candidate(tmp_path: Path) -> None:
     assert _png_size(plot_leaderboard(bars, tmp_path / "lb.png", metric="accuracy"))[1] > 100
     with pytest.raises(ValueError):
         plot_leaderboard([], tmp_path / "none.png")
+
+
+def test_time_to_accuracy_starts_at_the_run_start_on_a_readable_scale(tmp_path: Path, monkeypatch) -> None:
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig.axes[0]) or save(fig, path))
+    # one finished candidate after 2.27 minutes: the x axis from 0, a value axis 0.01 tall, no offset
+    assert _png_size(plot_time_to_accuracy([Progress(136.3, 0.9303, 0.9283)], tmp_path / "one.png"))[0] > 300
+    ax = drawn[-1]
+    assert ax.get_xlim()[0] == 0.0 and ax.get_xlim()[1] > 136.3 / 60
+    low, high = ax.get_ylim()
+    assert low < 0.9283 and high > 0.9303 and high - low == pytest.approx(0.011)
+    assert not ax.yaxis.get_major_formatter().get_offset()
+    # a real climb keeps its own range
+    climb = [Progress(60, 0.80, 0.79), Progress(300, 0.91, None), Progress(900, 0.93, 0.925)]
+    plot_time_to_accuracy(climb, tmp_path / "climb.png")
+    low, high = drawn[-1].get_ylim()
+    assert low < 0.79 < 0.93 < high and high - low < 0.2
+    with pytest.raises(ValueError):
+        plot_time_to_accuracy([], tmp_path / "none.png")
 
 
 def test_no_global_matplotlib_state_changes(tmp_path: Path) -> None:
