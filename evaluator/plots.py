@@ -65,10 +65,21 @@ def _annotate(ax, cm: np.ndarray) -> None:  # type: ignore[no-untyped-def]
         ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
 
 
+def kept_epoch(curve: Sequence[EpochStats], *, last: bool = False) -> EpochStats:
+    """The epoch whose weights the recipe kept: the highest val accuracy, ties to the lower val
+    loss (``evaluator.recipe``'s rule), or the last one for a final training on train + val."""
+    if last:
+        return curve[-1]
+    return max(curve, key=lambda s: (s.val_acc, -s.val_loss, -s.epoch))
+
+
 def plot_learning_curves(
-    curves: Mapping[int, Sequence[EpochStats]], path: str | Path, *, title: str = "Learning curves"
+    curves: Mapping[int, Sequence[EpochStats]], path: str | Path, *, title: str = "Learning curves",
+    kept_last: bool = False, train_note: str = "",
 ) -> Path:
-    """Two panels, loss and accuracy per epoch: train dashed, val solid, best epoch dotted, a colour per seed."""
+    """Two panels, loss and accuracy per epoch: train dashed, val solid, a colour per seed, a dot
+    on the epoch whose weights were kept (``kept_epoch``). ``train_note`` says what makes the train
+    curves differ from val's (label smoothing, augmentation), shown in the loss panel's title."""
     if not any(curves.values()):
         raise ValueError("no epochs to plot")
     fig = _figure((11, 4.2))
@@ -80,11 +91,13 @@ def plot_learning_curves(
         loss_ax.plot(epochs, [s.val_loss for s in curve], "-", color=colour, label=f"seed {seed} val")
         acc_ax.plot(epochs, [s.train_acc for s in curve], "--", color=colour)
         acc_ax.plot(epochs, [s.val_acc for s in curve], "-", color=colour)
-        if curve:  # the epoch whose weights were kept (lowest val loss)
-            best = min(curve, key=lambda s: s.val_loss)
-            loss_ax.plot(best.epoch, best.val_loss, "o", color=colour, markersize=5)
-            acc_ax.plot(best.epoch, best.val_acc, "o", color=colour, markersize=5)
-    loss_ax.set(title="loss (cross-entropy)", xlabel="epoch", ylabel="loss")
+        if curve:
+            kept = kept_epoch(curve, last=kept_last)
+            loss_ax.plot(kept.epoch, kept.val_loss, "o", color=colour, markersize=5)
+            acc_ax.plot(kept.epoch, kept.val_acc, "o", color=colour, markersize=5)
+    loss_ax.plot([], [], "o", color="grey", markersize=5, label="weights kept")
+    loss_ax.set(title="loss (cross-entropy" + (f"; train: {train_note}" if train_note else "") + ")",
+                xlabel="epoch", ylabel="loss")
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
@@ -131,8 +144,9 @@ def _zoom(ax, bars: Sequence[Bar]) -> None:  # type: ignore[no-untyped-def]
     lows = [b.low if b.low is not None else b.mean for b in bars]
     highs = [b.high if b.high is not None else b.mean for b in bars]
     lo, hi = min(v for v in lows if v is not None), max(v for v in highs if v is not None)
-    span = max(hi - lo, 1e-3)
+    span = max(hi - lo, 0.01)  # one bar, or bars within 0.001, on an axis 0.002 wide read as large gaps
     ax.set_xlim(max(0.0, lo - span) if lo > 0 else lo - span, hi + span * 0.6)
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")
 
 
 def _figure(size: tuple[float, float]) -> Figure:

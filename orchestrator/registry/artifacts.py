@@ -51,10 +51,20 @@ def write_plots(folder: Path, record: CandidateRecord, *, overwrite: bool = True
             record.scores.confusion, record.scores.class_names, confusion,
             title=f"{record.id}: confusion matrix (test set, summed over {seeds} seed(s))"))
     if any(record.curves.values()) and (overwrite or not curves.exists()):
+        spec = record.proposal.train
         written.append(plot_learning_curves(
             {seed: list(c) for seed, c in record.curves.items()}, curves,
-            title=f"{record.id}: learning curves"))
+            title=f"{record.id}: learning curves" + (" (trained on train + val)" if spec.fit_val else ""),
+            kept_last=spec.fit_val, train_note=train_note(spec)))
     return written
+
+
+def train_note(spec) -> str:  # type: ignore[no-untyped-def]
+    """What makes a candidate's train curves differ from its val curves, e.g. 'label smoothing 0.1,
+    crop_flip augmentation' ('' for the plain recipe)."""
+    parts = [f"label smoothing {spec.label_smoothing:g}" if spec.label_smoothing else "",
+             f"{spec.augment} augmentation" if spec.augment != "none" else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def write_best_source(paths: RunPaths, best: CandidateRecord | None) -> bool:
