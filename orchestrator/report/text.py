@@ -95,8 +95,9 @@ def training(record: CandidateRecord) -> str:
     recipe = f" {t.schedule}" + (f" aug={t.augment}" if t.augment != "none" else "") + \
         (f" smooth={t.label_smoothing:g}" if t.label_smoothing else "") + (" nesterov" if t.nesterov else "") + \
         (" tta" if t.tta_flip and t.hflip_ok else "")
+    stop = "no early stop" if patience == 0 or t.fit_val else f"patience={patience}"  # 0: runs its schedule out
     return (f"{t.optimizer} lr={t.lr:g} wd={t.weight_decay:g} batch={t.batch_size}{recipe} "
-            f"epochs≤{t.epochs} patience={patience} seeds={list(t.seeds)}")
+            f"epochs≤{t.epochs} {stop}{' on train+val' if t.fit_val else ''} seeds={list(t.seeds)}")
 
 
 def epochs_run(record: CandidateRecord) -> str:

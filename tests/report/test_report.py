@@ -205,3 +205,24 @@ def test_time_to_accuracy_is_best_so_far_on_selection_against_wall_time(run: Pat
     assert points[-1].selection == data.best.value("accuracy") and points[-1].test == data.best.test_value("accuracy")
     assert (run / "figures" / "time_to_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "time_to_accuracy.png" in (run / "report.md").read_text()
+
+
+def test_training_line_says_when_a_candidate_never_stops_early() -> None:
+    from orchestrator.report import text
+
+    record = _record_with(schedule="constant")
+    assert "patience=5" in text.training(record)  # the recipe's default for a constant lr
+    record = _record_with(schedule="onecycle")
+    assert "no early stop" in text.training(record) and "patience" not in text.training(record)
+    record = _record_with(schedule="cosine", fit_val=True)
+    assert "no early stop on train+val" in text.training(record)
+    assert "patience=3" in text.training(_record_with(schedule="cosine", patience=3))  # an explicit one as is
+
+
+def _record_with(**train):  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from msgspec import structs
+
+    proposal = f.proposal()
+    return SimpleNamespace(proposal=structs.replace(proposal, train=structs.replace(proposal.train, **train)))
