@@ -479,10 +479,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs under {args.runs_dir}")
         return EXIT_OK
-    print(f"{'run':<28} {'status':<12} {'started (UTC)':<17} {'dataset':<14} {'cand':>4} {'fail':>4}  best")
+    print(f"{'run':<28} {'status':<12} {'started (UTC)':<17} {'dataset':<14} {'cand':>4} {'fail':>4}  "
+          "best (chosen on selection; its test score)")
     for r in runs:
         started = dt.datetime.fromtimestamp(r.started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if r.started else "?"
-        best = f"{r.metric} {r.best_mean:.4f}" if getattr(r, "best_mean", None) is not None else "-"
+        best = f"{r.best_id} test {r.metric} {r.best_mean:.4f}" if getattr(r, "best_mean", None) is not None else "-"
         print(inert(f"{r.name:<28} {r.status:<12} {started:<17} {r.dataset:<14} {r.candidates:>4} {r.failed:>4}  {best}"))
     return EXIT_OK
 

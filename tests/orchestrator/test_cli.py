@@ -64,3 +64,18 @@ def test_every_command_has_readable_help(command, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "usage: researcher" in text and "{'option_strings'" not in text
+
+
+def test_ls_names_the_chosen_candidate_and_that_its_figure_is_test(tmp_path, capsys):
+    from orchestrator.registry import Registry
+    from tests.registry import factories as f
+
+    with Registry.create(tmp_path / "r1", f.settings(), plots=False) as reg:
+        f.add_passed(reg, 1.0)
+        best = f.add_passed(reg, 3.0)
+        reg.set_status("finished", "candidate budget spent")
+        mean = reg.best().summary("accuracy").mean
+    assert cli.main(["ls", str(tmp_path)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.endswith("best (chosen on selection; its test score)")
+    assert row.startswith("r1 ") and row.endswith(f"{best} test accuracy {mean:.4f}")
