@@ -64,11 +64,17 @@ def import_ray():
 @contextlib.contextmanager
 def _own_sigterm():
     """Keep this process's SIGTERM handler: ``ray.init`` installs ``sys.exit`` in its place, which
-    would skip the run's interrupt path (sandboxes killed on every node, the run marked interrupted)."""
+    would skip the run's interrupt path (sandboxes killed on every node, the run marked interrupted).
+    A SIGTERM that lands while Ray's handler is in place is an interrupt too, not a ``SystemExit``
+    (which marked the run failed, "stopped by an error")."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         yield
+    except SystemExit as exc:
+        if main and exc.code == signal.SIGTERM:  # Ray's handler: sys.exit(signum)
+            raise KeyboardInterrupt from exc
+        raise
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from orchestrator.cluster.host import SandboxHost
-from orchestrator.cluster.pool import node_name, node_slots
+from orchestrator.cluster.pool import _own_sigterm, node_name, node_slots
 from orchestrator.cluster.remote import RemoteChannel, RemoteSandbox, RemoteSlot
 from orchestrator.exceptions import NodeLost, ProtocolViolation
 from orchestrator.sandbox.base import Mounts
@@ -146,3 +146,27 @@ def test_a_host_batches_only_progress_and_hands_anything_else_over_at_once():
         assert host._ends_batch(b"\xc1not msgpack") is True  # the orchestrator judges it, at once
     finally:
         host.shutdown()
+
+
+def test_a_sigterm_while_ray_init_holds_the_handler_is_an_interrupt_and_ours_comes_back():
+    import os
+    import signal
+    import sys
+    import time
+
+    def ours(signum, frame):  # the CLI's: SIGTERM unwinds like Ctrl-C
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught, _own_sigterm():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as ray.init does
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode; this line is not finished
+        assert isinstance(caught.value.__cause__, SystemExit)  # came through Ray's handler, made an interrupt
+        assert signal.getsignal(signal.SIGTERM) is ours
+        with pytest.raises(SystemExit), _own_sigterm():  # any other exit stays an exit
+            sys.exit(3)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, before)
