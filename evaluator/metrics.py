@@ -58,6 +58,12 @@ class MetricSummary(msgspec.Struct, frozen=True, kw_only=True):
     ci95_high: float | None
     per_seed: dict[int, float]
 
+    @property
+    def spread(self) -> float | None:
+        """``std``, or None from one seed, which has no spread (as its interval is None); a
+        stored 0.0 there would read as a perfectly steady model."""
+        return self.std if len(self.per_seed) > 1 else None
+
 
 class ClassRow(msgspec.Struct, frozen=True, kw_only=True):
     """Per-class precision, recall and F1, averaged over seeds, with the class's test support."""

@@ -218,8 +218,9 @@ def _print_summary(paths, status: str, message: str, wall: float, html: Path) ->
         best = registry.best()
     finished = [r for r in records if r.status in ("passed", "failed")]
     # ``message`` may carry an exception's or the planner's text: untrusted, one line.
+    noun = "candidate" if len(finished) == 1 else "candidates"
     lines = ["", f"run {status}: {message}",
-             f"  {len(finished)} candidate{'' if len(finished) == 1 else 's'} ({sum(r.pruned for r in finished)} pruned, "
+             f"  {len(finished)} {noun} ({sum(r.pruned for r in finished)} pruned, "
              f"{sum(r.status == 'failed' for r in finished)} failed) in {wall:.0f} s, "
              f"{60 * len(finished) / max(wall, 1e-9):.1f} candidates/min"]
     if best is not None:

@@ -85,7 +85,7 @@ def dataset_json(facts) -> dict:
 def training_json(scores, dynamics, facts) -> dict:
     """The `--json` training keys: metrics, confusion_matrix, per_class, dynamics."""
     metrics = {
-        name: {"mean": m.mean, "std": m.std if len(m.per_seed) > 1 else None, "ci95": [m.ci95_low, m.ci95_high],
+        name: {"mean": m.mean, "std": m.spread, "ci95": [m.ci95_low, m.ci95_high],
                "per_seed": {str(k): v for k, v in m.per_seed.items()}, "higher_is_better": m.higher_is_better}
         for name, m in scores.metrics.items()
     }
@@ -110,7 +110,7 @@ def summary_text(scores, dynamics, result: JobResult) -> str:
         if m is None:
             continue
         ci = f"[{m.ci95_low:.4f}, {m.ci95_high:.4f}]" if m.ci95_low is not None else "(one seed)"
-        std = f"{m.std:>7.4f}" if len(m.per_seed) > 1 else f"{'-':>7}"  # one seed has no spread
+        std = f"{'-':>7}" if m.spread is None else f"{m.spread:>7.4f}"
         lines.append(f"  {name:<24} {m.mean:>8.4f}   {ci:<19} {std}")
     worst = sorted(scores.per_class, key=lambda r: r.f1)[:3]
     lines.append("  weakest classes (F1): " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst))

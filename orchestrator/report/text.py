@@ -46,9 +46,7 @@ def std(summary: MetricSummary | None) -> str:
     """The standard deviation over seeds, or a note when one seed gives none (not a false 0.0000)."""
     if summary is None:
         return "–"
-    if len(summary.per_seed) < 2:
-        return "n/a (one seed)"
-    return num(summary.std)
+    return "n/a (one seed)" if summary.spread is None else num(summary.spread)
 
 
 def seconds(value: float | None) -> str:

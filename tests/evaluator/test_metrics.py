@@ -108,7 +108,7 @@ def test_score_seeds_aggregates_with_student_t(labels: np.ndarray) -> None:
     lo, hi = stats.t.interval(0.95, df=2, loc=np.mean(values), scale=stats.sem(values))
     assert scores.seeds == (1, 2, 3)
     assert acc.mean == pytest.approx(np.mean(values), abs=1e-6)
-    assert acc.std == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert acc.std == pytest.approx(np.std(values, ddof=1), abs=1e-6) and acc.spread == acc.std
     assert (acc.ci95_low, acc.ci95_high) == (pytest.approx(lo, abs=1e-6), pytest.approx(hi, abs=1e-6))
     assert acc.per_seed[3] == pytest.approx(values[2], abs=1e-6)
     total = sum(skm.confusion_matrix(labels, logits[s].argmax(axis=1)) for s in logits)
@@ -121,6 +121,7 @@ def test_score_seeds_aggregates_with_student_t(labels: np.ndarray) -> None:
 def test_single_seed_has_no_interval_and_intervals_stay_in_range(labels: np.ndarray) -> None:
     one = score_seeds({0: _logits(0, labels)}, labels, [str(i) for i in range(C)])
     assert one.metrics["accuracy"].ci95_low is None and one.metrics["accuracy"].std == 0.0
+    assert one.metrics["accuracy"].spread is None  # what reports and --json show: no spread, not 0.0
     perfect = np.eye(C, dtype=np.float32)[labels] * 20
     near = {0: perfect, 1: perfect.copy(), 2: _logits(0, labels, signal=30.0)}
     top = score_seeds(near, labels, [str(i) for i in range(C)]).metrics["top3_accuracy"]
