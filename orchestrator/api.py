@@ -408,9 +408,7 @@ def _run_settings(goal: str | None, *, dataset: str | None, data_dir: str | None
                   name: str, max_candidates: int | None, time_budget_s: float | None, seeds: int, parallel: int,
                   search_seed: int, llm: LLMSettings | None, llm_mode: str, device: str, runtime: str, keep: bool):
     """RunSettings, through the very function that builds them from `researcher run`'s flags."""
-    from orchestrator.planning.goal import parse_goal, parse_target_flag
-    from orchestrator.planning.types import Target
-    from orchestrator.research import DEFAULT_GOAL, dataset_choice, settings_from_args
+    from orchestrator.research import DEFAULT_GOAL, dataset_choice, run_target, settings_from_args
 
     args = types.SimpleNamespace(
         goal=goal or DEFAULT_GOAL, dataset=dataset, data_dir=data_dir, name=name, max_candidates=max_candidates,
@@ -419,8 +417,7 @@ def _run_settings(goal: str | None, *, dataset: str | None, data_dir: str | None
         llm_timeout=llm.http_timeout if llm else 120.0, llm_max_retries=llm.max_retries if llm else 4,
         llm_retry_backoff=llm.retry_backoff if llm else 0.5, device=device, runtime=runtime, keep=keep)
     choice = dataset_choice(args)
-    goal_target = parse_target_flag(target) if target else (parse_goal(args.goal) or Target())
-    return settings_from_args(args, goal_target, dataset=choice), choice
+    return settings_from_args(args, run_target(target, args, choice), dataset=choice), choice
 
 
 def run(goal: str | None = None, *, dataset: str | None = None, data_dir: str | None = None,

@@ -323,7 +323,9 @@ def add_run_parser(sub) -> None:
                        description="Propose model designs toward a goal, evaluate each in a fresh hardened sandbox, "
                                    "score on the trusted side, and stop at the target or the budget. Without "
                                    "--llm-base-url the built-in offline planner (Optuna TPE) searches.")
-    goal_help = f"what to build, e.g. 'F1 above 0.9' (default: {DEFAULT_GOAL!r})".replace("%", "%%")  # argparse %-formats help
+    goal_help = (f"what to build, e.g. 'F1 above 0.9' (default: {DEFAULT_GOAL!r}; with --dataset NAME alone, "
+                 "'NAME classifier with the best accuracy within the budget', no target)"
+                 ).replace("%", "%%")  # argparse %-formats help
     p.add_argument("--goal", default=DEFAULT_GOAL, help=goal_help)
     p.add_argument("--target", help="stop when the best mean selection METRIC (a held-out split; test never decides) "
                                     "reaches VALUE, e.g. accuracy=0.98 (overrides the goal's)")
@@ -381,19 +383,16 @@ def _secrets(args, stored_url: str | None):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run `researcher run`."""
-    from orchestrator.planning.goal import parse_goal, parse_target_flag
-    from orchestrator.planning.types import Target
     import msgspec
 
-    from orchestrator.research import (check_runs_dir, dataset_choice, sandbox_for_run, settings_from_args, start_run,
-                                       with_sandbox)
+    from orchestrator.research import (check_runs_dir, dataset_choice, run_target, sandbox_for_run,
+                                       settings_from_args, start_run, with_sandbox)
     from orchestrator.sandbox.gpus import bound_parallel
 
     check_runs_dir(args.runs_dir)  # before any download, launcher or data: nothing is written yet
     check_cluster_args(args)
     choice = dataset_choice(args)
-    target = parse_target_flag(args.target) if args.target else (parse_goal(args.goal) or Target())
-    settings = settings_from_args(args, target, dataset=choice)
+    settings = settings_from_args(args, run_target(args.target, args, choice), dataset=choice)
     from orchestrator.loop import default_run_timeout
 
     config = sandbox_config(args, default_timeout=default_run_timeout(settings.time_budget_s))
