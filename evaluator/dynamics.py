@@ -44,6 +44,9 @@ class SeedDynamics(msgspec.Struct, frozen=True, kw_only=True):
     overfit_onset: int | None  # the epoch after which val loss rose while train loss fell
     plateaus: tuple[tuple[int, int], ...]  # (first, last) epochs of flat val loss
     still_improving: bool  # val loss improved over the last epochs
+    # the epoch whose weights made the predictions, as the worker reported it (the recipe keeps the
+    # highest val accuracy, or the last epoch on train + val); None when not reported or not in the curve
+    kept_epoch: int | None = None
 
 
 class Dynamics(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,8 +56,9 @@ class Dynamics(msgspec.Struct, frozen=True, kw_only=True):
     insights: tuple[str, ...]
 
 
-def seed_dynamics(curve: Sequence[EpochStats]) -> SeedDynamics:
-    """Best epoch, convergence, gaps, overfitting onset and plateaus of one seed's curve."""
+def seed_dynamics(curve: Sequence[EpochStats], kept: int | None = None) -> SeedDynamics:
+    """Best epoch, convergence, gaps, overfitting onset and plateaus of one seed's curve; ``kept``
+    is the epoch whose weights the worker kept (recorded when it is one of the curve's epochs)."""
     if not curve:
         raise ValueError("no epochs to analyse")
     val_loss = [s.val_loss for s in curve]
@@ -72,12 +76,15 @@ def seed_dynamics(curve: Sequence[EpochStats]) -> SeedDynamics:
         overfit_onset=_overfit_onset(curve, best),
         plateaus=_plateaus(curve),
         still_improving=_still_improving(val_loss),
+        kept_epoch=kept if kept is not None and any(s.epoch == kept for s in curve) else None,
     )
 
 
-def analyse(curves: Mapping[int, Sequence[EpochStats]]) -> Dynamics:
-    """Dynamics of every seed's curve and a few plain-language insights."""
-    per_seed = {seed: seed_dynamics(c) for seed, c in sorted(curves.items()) if c}
+def analyse(curves: Mapping[int, Sequence[EpochStats]], kept: Mapping[int, int] | None = None) -> Dynamics:
+    """Dynamics of every seed's curve and a few plain-language insights; ``kept`` is each seed's
+    kept epoch as the worker reported it (``Predictions.best_epoch``)."""
+    kept = kept or {}
+    per_seed = {seed: seed_dynamics(c, kept.get(seed)) for seed, c in sorted(curves.items()) if c}
     return Dynamics(per_seed=per_seed, insights=insights(list(per_seed.values())))
 
 

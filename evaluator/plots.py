@@ -65,37 +65,33 @@ def _annotate(ax, cm: np.ndarray) -> None:  # type: ignore[no-untyped-def]
         ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
 
 
-def kept_epoch(curve: Sequence[EpochStats], *, last: bool = False) -> EpochStats:
-    """The epoch whose weights the recipe kept: the highest val accuracy, ties to the lower val
-    loss (``evaluator.recipe``'s rule), or the last one for a final training on train + val."""
-    if last:
-        return curve[-1]
-    return max(curve, key=lambda s: (s.val_acc, -s.val_loss, -s.epoch))
-
-
 def plot_learning_curves(
     curves: Mapping[int, Sequence[EpochStats]], path: str | Path, *, title: str = "Learning curves",
-    kept_last: bool = False, train_note: str = "",
+    kept: Mapping[int, int | None] | None = None, train_note: str = "",
 ) -> Path:
     """Two panels, loss and accuracy per epoch: train dashed, val solid, a colour per seed, a dot
-    on the epoch whose weights were kept (``kept_epoch``). ``train_note`` says what makes the train
-    curves differ from val's (label smoothing, augmentation), shown in the loss panel's title."""
+    on the epoch whose weights were kept (``kept``: per seed, as the worker reported it; seeds
+    without one get no dot). ``train_note`` says what makes the train curves differ from val's
+    (label smoothing, augmentation), shown in the loss panel's title."""
     if not any(curves.values()):
         raise ValueError("no epochs to plot")
     fig = _figure((11, 4.2))
     loss_ax, acc_ax = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(curves))]
+    marked = False
     for colour, (seed, curve) in zip(colours, sorted(curves.items())):
         epochs = [s.epoch for s in curve]
         loss_ax.plot(epochs, [s.train_loss for s in curve], "--", color=colour, label=f"seed {seed} train")
         loss_ax.plot(epochs, [s.val_loss for s in curve], "-", color=colour, label=f"seed {seed} val")
         acc_ax.plot(epochs, [s.train_acc for s in curve], "--", color=colour)
         acc_ax.plot(epochs, [s.val_acc for s in curve], "-", color=colour)
-        if curve:
-            kept = kept_epoch(curve, last=kept_last)
-            loss_ax.plot(kept.epoch, kept.val_loss, "o", color=colour, markersize=5)
-            acc_ax.plot(kept.epoch, kept.val_acc, "o", color=colour, markersize=5)
-    loss_ax.plot([], [], "o", color="grey", markersize=5, label="weights kept")
+        at = next((s for s in curve if s.epoch == (kept or {}).get(seed)), None)
+        if at is not None:
+            marked = True
+            loss_ax.plot(at.epoch, at.val_loss, "o", color=colour, markersize=5)
+            acc_ax.plot(at.epoch, at.val_acc, "o", color=colour, markersize=5)
+    if marked:
+        loss_ax.plot([], [], "o", color="grey", markersize=5, label="weights kept")
     loss_ax.set(title="loss (cross-entropy" + (f"; train: {train_note}" if train_note else "") + ")",
                 xlabel="epoch", ylabel="loss")
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="accuracy")

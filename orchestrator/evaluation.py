@@ -34,4 +34,4 @@ def score_result(result: JobResult, prepared) -> tuple[Any, Any, Any]:
     test = score_seeds({seed: t for seed, (_, t) in split.items()}, prepared.test_y, names)
     selection = score_seeds({seed: s for seed, (s, _) in split.items()}, prepared.select_y, names)
     curves = {p.seed: list(p.curves) for p in result.predictions}
-    return test, selection, analyse(curves)
+    return test, selection, analyse(curves, kept={p.seed: p.best_epoch for p in result.predictions})

@@ -128,7 +128,8 @@ def write_outputs(out: Path, scores, result: JobResult, data: dict) -> list[str]
     files = [
         plot_confusion(scores.confusion, scores.class_names, out / "confusion_matrix.png",
                        title=f"Confusion matrix (test set, summed over {len(scores.seeds)} seed(s))"),
-        plot_learning_curves({p.seed: list(p.curves) for p in result.predictions}, out / "learning_curves.png"),
+        plot_learning_curves({p.seed: list(p.curves) for p in result.predictions}, out / "learning_curves.png",
+                             kept={p.seed: p.best_epoch for p in result.predictions}),
     ]
     names = [str(f) for f in files] + [str(out / "result.json")]
     data["files"] = names

@@ -55,8 +55,14 @@ def write_plots(folder: Path, record: CandidateRecord, *, overwrite: bool = True
         written.append(plot_learning_curves(
             {seed: list(c) for seed, c in record.curves.items()}, curves,
             title=f"{record.id}: learning curves" + (" (trained on train + val)" if spec.fit_val else ""),
-            kept_last=spec.fit_val, train_note=train_note(spec)))
+            kept=kept_epochs(record), train_note=train_note(spec)))
     return written
+
+
+def kept_epochs(record: CandidateRecord) -> dict[int, int | None]:
+    """Each seed's kept epoch as the worker reported it (none for a record made before it was stored)."""
+    per_seed = record.dynamics.per_seed if record.dynamics is not None else {}
+    return {seed: d.kept_epoch for seed, d in per_seed.items()}
 
 
 def train_note(spec) -> str:  # type: ignore[no-untyped-def]

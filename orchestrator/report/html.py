@@ -101,7 +101,9 @@ def _best(data: ReportData) -> str:
     best = data.best
     if best is None:
         return ""
+    kept = text.kept(best)
     summary = facts([("layers", text.layers(best)), ("training", text.training(best)),
+                     *([("weights kept", kept)] if kept else []),
                      ("parameters", text.params(best.params)),
                      ("evaluation time", text.seconds(best.seconds)),
                      ("rationale", clip(best.proposal.rationale or "–")),

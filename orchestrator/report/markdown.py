@@ -109,10 +109,12 @@ def _best(data: ReportData) -> str:
                       [[md(c.name), str(c.support), text.num(c.precision), text.num(c.recall),
                         text.num(c.f1)] for c in (best.scores.per_class if best.scores else ())])
     insights = "\n".join(f"- {md(i)}" for i in (best.dynamics.insights if best.dynamics else ()))
+    kept = text.kept(best)
     return "\n\n".join(p for p in [
         f"## Best model: {md(best.id)}",
         f"- layers: {md(text.layers(best))}\n- training: {md(text.training(best))}\n"
-        f"- parameters: {text.params(best.params)}; evaluation took {text.seconds(best.seconds)}\n"
+        + (f"- weights kept: {md(kept)}\n" if kept else "")
+        + f"- parameters: {text.params(best.params)}; evaluation took {text.seconds(best.seconds)}\n"
         f"- rationale: {md(clip(best.proposal.rationale))}\n"
         "- source: `src/models/model.py` (also `candidates/" + md(best.id) + "/model.py`)",
         "### Test metrics", metrics,

@@ -98,6 +98,18 @@ def training(record: CandidateRecord) -> str:
             f"epochs≤{t.epochs} {stop}{' on train+val' if t.fit_val else ''} seeds={list(t.seeds)}")
 
 
+def kept(record: CandidateRecord) -> str | None:
+    """Which epoch's weights each seed kept, as the worker reported it; None when none was recorded."""
+    per_seed = record.dynamics.per_seed if record.dynamics is not None else {}
+    pairs = [(seed, d.kept_epoch, d.epochs) for seed, d in sorted(per_seed.items()) if d.kept_epoch is not None]
+    if not pairs:
+        return None
+    how = "the last epoch on train + val" if record.proposal.train.fit_val else "the highest val accuracy"
+    if len(pairs) > 1 and len({(epoch, n) for _, epoch, n in pairs}) == 1:
+        return f"epoch {pairs[0][1]} of {pairs[0][2]} for every seed ({how})"
+    return ", ".join(f"seed {seed}: epoch {epoch} of {n}" for seed, epoch, n in pairs) + f" ({how})"
+
+
 def epochs_run(record: CandidateRecord) -> str:
     """Epochs actually trained (max over seeds), or a dash."""
     counts = [len(c) for c in record.curves.values() if c]

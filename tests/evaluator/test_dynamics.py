@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 
@@ -105,3 +107,16 @@ def test_dynamics_serialise_and_tolerate_missing_curves() -> None:
     assert analyse({}).insights == ("no learning curves were reported",)
     with pytest.raises(ValueError):
         seed_dynamics([])
+
+
+def test_the_kept_epoch_is_the_workers_and_only_one_of_the_curves_epochs() -> None:
+    # the epoch is the worker's word (its recipe's rule is tested in test_recipe*), recorded only when it
+    # names one of the seed's epochs
+    report = analyse({0: _overfitting(), 1: _overfitting(), 2: _overfitting(), 3: _overfitting()},
+                     kept={0: 12, 1: 20, 2: 21, 3: 0})
+    assert [d.kept_epoch for d in report.per_seed.values()] == [12, 20, None, None]  # 21 and 0 are not epochs
+    assert analyse({0: _overfitting()}).per_seed[0].kept_epoch is None  # not reported: not made up
+    # a record stored before the field existed reads with none
+    old = re.sub(rb',"kept_epoch":(\d+|null)', b"", msgspec.json.encode(report))
+    assert b"kept_epoch" not in old
+    assert msgspec.json.decode(old, type=Dynamics).per_seed[0].kept_epoch is None

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from evaluator import plots
-from evaluator.plots import (Bar, Progress, kept_epoch, plot_confusion, plot_leaderboard, plot_learning_curves,
+from evaluator.plots import (Bar, Progress, plot_confusion, plot_leaderboard, plot_learning_curves,
                              plot_time_to_accuracy)
 from sandbox_image.protocol import EpochStats
 
@@ -83,24 +83,31 @@ def test_time_to_accuracy_starts_at_the_run_start_on_a_readable_scale(tmp_path: 
         plot_time_to_accuracy([], tmp_path / "none.png")
 
 
-def test_the_marked_epoch_is_the_one_whose_weights_the_recipe_kept(tmp_path: Path) -> None:
-    from torch import nn
+def _dots(ax) -> list[tuple[float, float]]:  # type: ignore[no-untyped-def]
+    return [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.get_lines()
+            if line.get_marker() == "o" and len(line.get_xdata()) == 1]
 
-    from evaluator.recipe import _Best
+
+def test_the_dot_marks_the_epoch_the_worker_reported_kept(tmp_path: Path, monkeypatch) -> None:
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig.axes) or save(fig, path))
 
     def stats(epoch, acc, loss):  # type: ignore[no-untyped-def]
         return EpochStats(epoch=epoch, train_loss=0.5, train_acc=0.9, val_loss=loss, val_acc=acc, seconds=1.0)
 
-    # lowest val loss at epoch 2, highest val accuracy at 4, a full tie of epoch 4 at 6
-    curve = [stats(1, 0.80, 0.50), stats(2, 0.86, 0.30), stats(3, 0.85, 0.35), stats(4, 0.88, 0.33),
-             stats(5, 0.88, 0.40), stats(6, 0.88, 0.33)]
-    best, model = _Best(), nn.Linear(1, 1)
-    for s in curve:
-        best.offer(s, model)
-    assert kept_epoch(curve).epoch == best.epoch == 4
-    assert kept_epoch(curve, last=True).epoch == 6  # a final training keeps its last epoch
-    assert _png_size(plot_learning_curves({0: curve}, tmp_path / "kept.png", kept_last=True,
-                                          train_note="label smoothing 0.1, crop_flip augmentation"))[0] > 300
+    curve = [stats(1, 0.80, 0.50), stats(2, 0.86, 0.30), stats(3, 0.85, 0.35), stats(4, 0.88, 0.33)]
+    # seed 0 kept epoch 4, seed 1 epoch 2; seed 2 reported none (no dot); seed 3 an epoch not in its curve
+    path = plot_learning_curves({0: curve, 1: curve, 2: curve, 3: curve}, tmp_path / "kept.png",
+                                kept={0: 4, 1: 2, 2: None, 3: 9}, train_note="label smoothing 0.1")
+    assert _png_size(path)[0] > 300
+    loss_ax, acc_ax = drawn[-1]
+    assert _dots(loss_ax) == [(4, 0.33), (2, 0.30)] and _dots(acc_ax) == [(4, 0.88), (2, 0.86)]
+    assert "weights kept" in [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    plot_learning_curves({0: curve}, tmp_path / "none.png")  # no kept epochs: no dot, no legend entry for one
+    loss_ax, acc_ax = drawn[-1]
+    assert _dots(loss_ax) == _dots(acc_ax) == []
+    assert "weights kept" not in [t.get_text() for t in loss_ax.get_legend().get_texts()]
 
 
 def test_no_global_matplotlib_state_changes(tmp_path: Path) -> None:

@@ -19,5 +19,14 @@ def test_the_readme_run_through_docker_with_a_relative_runs_dir(docker_client, t
         best = registry.best()
         assert best is not None and best.value("accuracy") > 0.6
         assert best.summary("accuracy").ci95_low is not None  # two seeds: an interval
+        records = registry.candidates()
+    # the epoch each seed's weights came from is the worker's report, by the recipe's rule: the highest
+    # val accuracy (ties to the lower val loss, then the earlier epoch), or the last on train + val
+    for record in records:
+        assert record.status == "passed" and record.dynamics is not None
+        for seed, curve in record.curves.items():
+            rule = curve[-1] if record.proposal.train.fit_val else max(
+                curve, key=lambda s: (s.val_acc, -s.val_loss, -s.epoch))
+            assert record.dynamics.per_seed[seed].kept_epoch == rule.epoch, (record.id, seed, curve)
     assert f"best: {best.id} test accuracy" in out and "95% CI" in out
     assert (tmp_path / "runs" / run.name / "report.html").exists()

@@ -151,6 +151,7 @@ def test_a_one_seed_run_short_of_its_target_shows_no_spread_and_no_stop_on_the_t
         assert "Target not met" in doc and "It was chosen on mean accuracy" in doc and "the run stopped" not in doc
         assert "1 per candidate (seed 0)" in doc
         assert "0.0000" not in doc  # neither in the leaderboard nor in the metric table
+        assert "weights kept" not in doc  # no kept epoch was recorded: none is made up
     board = md[md.index("## Leaderboard"):md.index("## Best model")]
     assert re.search(r"^\| 1 \| c001 \| [0-9.]+ \| [0-9.]+ \| n/a \(one seed\) \| n/a \(one seed\) \|", board,
                      re.MULTILINE), board
@@ -226,3 +227,21 @@ def _record_with(**train):  # type: ignore[no-untyped-def]
 
     proposal = f.proposal()
     return SimpleNamespace(proposal=structs.replace(proposal, train=structs.replace(proposal.train, **train)))
+
+
+def test_the_best_model_says_which_epochs_weights_each_seed_kept(run: Path) -> None:
+    md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
+    kept = "epoch 4 of 4 for every seed (the highest val accuracy)"
+    assert f"- weights kept: {kept}" in md
+    assert f"<dt>weights kept</dt><dd>{kept}</dd>" in page
+
+
+def test_kept_epochs_that_differ_are_given_per_seed() -> None:
+    from evaluator.dynamics import analyse
+    from orchestrator.registry.records import CandidateRecord
+    from orchestrator.report import text
+
+    c = f.curves(6)
+    record = CandidateRecord(id="c001", seq=1, status="passed", proposal=f.proposal(), source=f.SOURCE, created=0.0,
+                             curves=c, dynamics=analyse(c, kept={0: 6, 1: 4, 2: 9}))  # 9: not an epoch
+    assert text.kept(record) == "seed 0: epoch 6 of 6, seed 1: epoch 4 of 6 (the highest val accuracy)"
