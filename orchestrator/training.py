@@ -114,6 +114,11 @@ def summary_text(scores, dynamics, result: JobResult) -> str:
         lines.append(f"  {name:<24} {m.mean:>8.4f}   {ci:<19} {std}")
     worst = sorted(scores.per_class, key=lambda r: r.f1)[:3]
     lines.append("  weakest classes (F1): " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst))
+    from orchestrator.report.text import kept_weights
+
+    kept = kept_weights(dynamics)
+    if kept:
+        lines.append(f"  weights kept: {kept}")
     for insight in dynamics.insights:
         lines.append(f"  - {insight}")
     return "\n".join(lines) + "\n"

@@ -100,11 +100,16 @@ def training(record: CandidateRecord) -> str:
 
 def kept(record: CandidateRecord) -> str | None:
     """Which epoch's weights each seed kept, as the worker reported it; None when none was recorded."""
-    per_seed = record.dynamics.per_seed if record.dynamics is not None else {}
+    return kept_weights(record.dynamics, fit_val=record.proposal.train.fit_val)
+
+
+def kept_weights(dynamics, *, fit_val: bool = False) -> str | None:  # type: ignore[no-untyped-def]
+    """``kept`` from a ``Dynamics`` (None: none recorded)."""
+    per_seed = dynamics.per_seed if dynamics is not None else {}
     pairs = [(seed, d.kept_epoch, d.epochs) for seed, d in sorted(per_seed.items()) if d.kept_epoch is not None]
     if not pairs:
         return None
-    how = "the last epoch on train + val" if record.proposal.train.fit_val else "the highest val accuracy"
+    how = "the last epoch on train + val" if fit_val else "the highest val accuracy"
     if len(pairs) > 1 and len({(epoch, n) for _, epoch, n in pairs}) == 1:
         return f"epoch {pairs[0][1]} of {pairs[0][2]} for every seed ({how})"
     return ", ".join(f"seed {seed}: epoch {epoch} of {n}" for seed, epoch, n in pairs) + f" ({how})"

@@ -42,6 +42,8 @@ def test_check_train_in_the_sandbox_matches_training_outside(docker_client, tmp_
     assert len(data["confusion_matrix"]) == 10 and len(data["per_class"]) == 10
     assert {"auroc_macro", "average_precision_macro", "f1_macro", "calibration_error"} <= set(data["metrics"])
     assert data["dynamics"]["insights"]
+    # the epoch whose weights made each seed's predictions, as the worker reported it: 1..3, printed too
+    assert all(1 <= d["kept_epoch"] <= 3 for d in data["dynamics"]["per_seed"].values()), data["dynamics"]
     assert (out / "confusion_matrix.png").stat().st_size > 10_000 and (out / "learning_curves.png").exists()
     prepared = load_prepared("digits", None)
     spec = TrainSpec(epochs=3, seeds=(0, 1))

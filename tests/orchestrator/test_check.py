@@ -88,3 +88,20 @@ def test_check_train_one_seed_prints_and_reports_no_spread():
         row = next(line for line in training.summary_text(scores, analyse(curves), None).splitlines()
                    if line.strip().startswith("accuracy "))
         assert row.rstrip().endswith(f"{scores.metrics['accuracy'].std:.4f}" if spread else " -"), row
+
+
+def test_check_train_says_which_epoch_each_seed_kept():
+    import numpy as np
+
+    from evaluator.dynamics import analyse
+    from evaluator.metrics import score_seeds
+    from orchestrator import training
+    from tests.registry import factories as f
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 60)
+    scores = score_seeds({0: rng.normal(size=(60, 3)).astype(np.float32)}, y, ("a", "b", "c"))
+    curves = f.curves(5)
+    text = training.summary_text(scores, analyse(curves, kept={0: 5, 1: 3}), None)
+    assert "  weights kept: seed 0: epoch 5 of 5, seed 1: epoch 3 of 5 (the highest val accuracy)\n" in text
+    assert "weights kept" not in training.summary_text(scores, analyse(curves), None)  # none reported
