@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per candidate (default: 3, as `run`)")
     parser.add_argument("--parallel", type=int, default=1, help="candidates at once (default: 1: one GPU)")
     parser.add_argument("--max-candidates", type=int, default=None, help="default: no limit, the budget decides")
-    parser.add_argument("--goal", help="as `run --goal` (default: the dataset's, 98%% accuracy); one without a "
-                        "number has no stop value: the search goes on until the budget ends")
-    parser.add_argument("--target", help="as `run --target`, e.g. accuracy=0.95 (default: the goal's, 98%%: the "
-                        "budget ends a Fashion-MNIST run)")
+    parser.add_argument("--goal", help="as `run --goal` (default: the dataset's, 'NAME classifier with the best "
+                        "accuracy within the budget', no target); one without a number has no stop value: the "
+                        "search goes on until the budget ends")
+    parser.add_argument("--target", help="as `run --target`, e.g. accuracy=0.95 (default: the goal's; none: the "
+                        "budget ends the run)")
     parser.add_argument("--search-seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=None,
                         help="per-candidate limit in seconds (default: `run`'s for this budget)")
