@@ -285,8 +285,8 @@ def check_model(path: StrPath, *, class_name: str = "Net", input_shape: tuple[in
 class ModelSummary:
     """A model file as the sandbox saw it, with per-layer shapes when it was rendered from a config.
 
-    ``params`` and ``output_shape`` come from the sandbox's import and one forward pass of
-    the code; ``layers`` come from the config (the trusted side's shape inference, the
+    ``params``, ``output_shape`` and ``flops`` (forward FLOPs per example) come from the
+    sandbox's import and forward passes of the code; ``layers`` come from the config (the trusted side's shape inference, the
     assembler's), so they are empty for a file given without its config.
     """
 
@@ -297,6 +297,7 @@ class ModelSummary:
     output_shape: tuple[int, ...] | None  # with the batch dimension, e.g. (2, 10)
     layers: tuple[LayerShape, ...] = ()
     failure: Any = None  # sandbox_image.protocol.Failure, or None when it passed
+    flops: int | None = None  # forward FLOPs per example, counted in the sandbox (None: failed or not counted)
 
     @property
     def ok(self) -> bool:
@@ -335,7 +336,7 @@ def summarize_model(model: StrPath | ModelConfig | Mapping[str, Any], *, class_n
     return ModelSummary(
         path=Path(model) if not isinstance(model, (ModelConfig, Mapping)) else Path("<config>"),
         class_name=class_name, input_shape=tuple(outcome.request.input_shape or ()) or None,
-        params=check.params if check else None,
+        params=check.params if check else None, flops=check.flops if check else None,
         output_shape=tuple(check.output_shape) if check else None,
         layers=norm.layer_shapes if norm is not None else (), failure=result.failure)
 
@@ -362,6 +363,7 @@ class BestCandidate:
     selection: MetricValue | None
     test: MetricValue | None
     source_path: Path  # best_model.py of the run
+    flops: int | None = None  # forward FLOPs per example, counted in the sandbox
 
 
 @dataclass(frozen=True)
@@ -397,7 +399,8 @@ def run_result(run_dir: StrPath) -> RunResult:
         paths = registry.paths
     chosen = None
     if best is not None:
-        chosen = BestCandidate(id=best.id, params=best.params, selection=_metric_value(best.selection_summary(metric)),
+        chosen = BestCandidate(id=best.id, params=best.params, flops=best.flops,
+                               selection=_metric_value(best.selection_summary(metric)),
                                test=_metric_value(best.summary(metric)), source_path=paths.best_model)
     return RunResult(run_dir=paths.root, status=info.status, stop_reason=info.message, metric=metric,
                      n_candidates=len(records), n_passed=sum(r.status == "passed" for r in records),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import units
 from orchestrator.evaluation import load_prepared
 from orchestrator.exceptions import UsageError
 from orchestrator.safetext import inert
@@ -174,6 +175,7 @@ def outcome_json(outcome: CheckOutcome) -> dict:
         "status": result.status,
         "failure": None if failure is None else {"stage": failure.stage.value, "kind": failure.kind.value, "message": failure.message},
         "params": result.check.params if result.check else None,
+        "flops": result.check.flops if result.check else None,  # forward, per example (None: not counted)
         "output_shape": list(result.check.output_shape) if result.check else None,
         "seconds": round(result.seconds, 3),
         "startup_seconds": round(result.startup_seconds, 3),
@@ -204,8 +206,9 @@ def print_outcome(outcome: CheckOutcome, *, as_json: bool, stream=None) -> None:
     if result.failure is None:
         check = result.check
         stream.write(
-            f"PASSED {name}: {inert(outcome.request.class_name)} has {check.params:,} parameters, output "
-            f"{tuple(check.output_shape)}, {result.seconds:.1f} s in the sandbox\n"
+            f"PASSED {name}: {inert(outcome.request.class_name)} has {check.params:,} parameters"
+            + (f" and {units.flops(check.flops)} per example (forward)" if check.flops is not None else "")
+            + f", output {tuple(check.output_shape)}, {result.seconds:.1f} s in the sandbox\n"
         )
     else:
         f = result.failure

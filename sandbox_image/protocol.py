@@ -193,6 +193,9 @@ class CheckReport(_Msg, kw_only=True):
     output_shape: Shape
     forward_seconds: float
     import_seconds: float = 0.0
+    # forward FLOPs per example, counted by torch's FlopCounterMode on the check batch (matrix
+    # multiplies, convolutions, attention; elementwise work is not counted); None: not counted
+    flops: int | None = None
 
 
 class Progress(_Msg, kw_only=True):

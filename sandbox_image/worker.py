@@ -145,7 +145,29 @@ def check_forward(model, job: Job, import_seconds: float) -> CheckReport:
         output_shape=tuple(out.shape),
         forward_seconds=seconds,
         import_seconds=import_seconds,
+        flops=count_flops(model, x),
     )
+
+
+def count_flops(model, x) -> int | None:
+    """Forward FLOPs per example of ``model`` on the batch ``x``, by torch's FlopCounterMode
+    (which counts matrix multiplies, convolutions and attention); None where it cannot count.
+
+    It costs one more forward pass of the check batch, and importing torch._dynamo, which the
+    optimisers import anyway when the job trains.
+    """
+    import torch
+
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+        flops = int(counter.get_total_flops()) // max(1, x.shape[0])
+    except Exception:  # noqa: BLE001 - a count is a nicety: a model it cannot follow still passes its check
+        return None
+    return flops if 0 <= flops <= 2**53 else None
 
 
 def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from orchestrator import units
 from orchestrator.llm.records import ChatMessage
 from orchestrator.llm.schema import resolve
 from orchestrator.planning.types import PlannerFacts, Outcome, Proposal, Target
@@ -106,7 +107,8 @@ def describe_outcome(outcome: Outcome) -> str:
     if outcome.status == "passed":
         ci = f" [{outcome.ci95[0]:.4f}, {outcome.ci95[1]:.4f}]" if outcome.ci95 else ""
         mean = "n/a" if outcome.mean is None else f"{outcome.mean:.4f}"
-        params = f", {outcome.params:,} params" if outcome.params else ""
+        params = (f", {outcome.params:,} params" if outcome.params else "") + \
+            (f", {units.flops(outcome.flops)} per example" if outcome.flops else "")
         result = f"selection {outcome.metric or 'metric'} {mean}{ci}{params}"
     else:
         kind = outcome.failure_kind.value if outcome.failure_kind else "failed"

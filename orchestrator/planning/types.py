@@ -318,6 +318,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     seconds: float = 0.0
     pruned: bool = False  # training was stopped because the planner's report_epoch said so
     failure_traceback: str = ""  # trimmed traceback from the sandbox, for repair prompts
+    flops: int | None = None  # forward FLOPs per example from the check report
 
 
 class PlannerFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -56,6 +56,11 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
     selection: Scores | None = None  # the selection split: what ranks, stops and plans
     truncated: bool = False  # a seed reached the candidate's deadline and stopped with its best weights
 
+    @property
+    def flops(self) -> int | None:
+        """Forward FLOPs per example, as the sandbox counted them (None: not counted)."""
+        return self.check.flops if self.check is not None else None
+
     def summary(self, metric: str) -> MetricSummary | None:
         """``metric`` over seeds on the TEST split (for reports), or None when there is no such score."""
         return metric_summary(self.scores, metric)
@@ -103,7 +108,7 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
             failure_message=self.failure.message if self.failure else None,
             failure_traceback=self.failure.traceback if self.failure else "",
             val_curve=self.val_curve(), params=self.params, seconds=self.seconds,
-            pruned=self.pruned,
+            pruned=self.pruned, flops=self.flops,
         )  # fmt: skip
 
 

@@ -85,11 +85,11 @@ def _leaderboard(data: ReportData) -> str:
         s = r.summary(data.metric)
         rows.append([str(rank), f"<code>{e(r.id)}</code>", text.num(r.value(data.metric)),
                      f"<b>{text.num(s.mean if s else None)}</b>",
-                     e(text.ci(s)), text.std(s), text.params(r.params),
+                     e(text.ci(s)), text.std(s), text.params(r.params), text.flops(r.flops),
                      text.epochs_run(r), f"{r.seconds:.1f}"] + ([e(nodes.get(r.id, ""))] if nodes else [])
                     + [f"<span class=\"layers\">{e(clip(text.layers(r), 200))}</span>"])
     header = ["#", "candidate", f"selection {e(data.metric)}", f"test {e(data.metric)} mean", "95% CI", "std",
-              "params", "epochs", "seconds"] + (["node"] if nodes else []) + ["model"]
+              "params", "FLOPs/example", "epochs", "seconds"] + (["node"] if nodes else []) + ["model"]
     return (f"<section><h2>Leaderboard</h2><p class=\"note\">Passed candidates ranked by mean "
             f"{e(data.metric)} on the held-out selection split (what every decision reads); test means over "
             f"seeds with Student-t 95% confidence intervals are reported beside it and decide nothing.</p>"
@@ -104,7 +104,7 @@ def _best(data: ReportData) -> str:
     kept = text.kept(best)
     summary = facts([("layers", text.layers(best)), ("training", text.training(best)),
                      *([("weights kept", kept)] if kept else []),
-                     ("parameters", text.params(best.params)),
+                     ("parameters", text.params(best.params) + text.flops_note(best)),
                      ("evaluation time", text.seconds(best.seconds)),
                      ("rationale", clip(best.proposal.rationale or "–")),
                      ("source", f"src/models/model.py (and candidates/{best.id}/model.py)")])

@@ -83,12 +83,12 @@ def _leaderboard(data: ReportData) -> str:
         return "## Leaderboard\n\nNo candidate passed."
     nodes = data.nodes  # a cluster run: which node ran each candidate
     header = ["#", "candidate", f"selection {md(data.metric)}", f"test {md(data.metric)} mean", "95% CI", "std",
-              "params", "epochs", "seconds"] + (["node"] if nodes else []) + ["model"]
+              "params", "FLOPs/example", "epochs", "seconds"] + (["node"] if nodes else []) + ["model"]
     rows = []
     for rank, r in enumerate(data.leaderboard, start=1):
         s = r.summary(data.metric)
         rows.append([str(rank), md(r.id), text.num(r.value(data.metric)), text.num(s.mean if s else None),
-                     md(text.ci(s)), text.std(s), text.params(r.params), text.epochs_run(r),
+                     md(text.ci(s)), text.std(s), text.params(r.params), text.flops(r.flops), text.epochs_run(r),
                      f"{r.seconds:.1f}"] + ([md(nodes.get(r.id, ""))] if nodes else [])
                     + [md(clip(text.layers(r), 160))])
     return "\n\n".join(["## Leaderboard", f"Passed candidates ranked by mean {md(data.metric)} on the held-out "
@@ -114,7 +114,8 @@ def _best(data: ReportData) -> str:
         f"## Best model: {md(best.id)}",
         f"- layers: {md(text.layers(best))}\n- training: {md(text.training(best))}\n"
         + (f"- weights kept: {md(kept)}\n" if kept else "")
-        + f"- parameters: {text.params(best.params)}; evaluation took {text.seconds(best.seconds)}\n"
+        + f"- parameters: {text.params(best.params)}{text.flops_note(best)}; evaluation took "
+        f"{text.seconds(best.seconds)}\n"
         f"- rationale: {md(clip(best.proposal.rationale))}\n"
         "- source: `src/models/model.py` (also `candidates/" + md(best.id) + "/model.py`)",
         "### Test metrics", metrics,

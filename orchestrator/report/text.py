@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from evaluator.metrics import MetricSummary
+from orchestrator import units
 from orchestrator.registry import CandidateRecord
 from orchestrator.report.content import ReportData
 
@@ -70,6 +71,16 @@ def when(stamp: float | None) -> str:
 def params(value: int | None) -> str:
     """A parameter count with thousands separators."""
     return "–" if value is None else f"{value:,}"
+
+
+def flops(value: int | None) -> str:
+    """Forward FLOPs per example for a table cell (``2.66 M``), or a dash when not counted."""
+    return units.flops(value).removesuffix("FLOPs").strip()
+
+
+def flops_note(record: CandidateRecord) -> str:
+    """``; forward 2.66 MFLOPs per example`` beside a parameter count ('' when not counted)."""
+    return f"; forward {units.flops(record.flops)} per example" if record.flops is not None else ""
 
 
 def layers(record: CandidateRecord) -> str:

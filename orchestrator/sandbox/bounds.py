@@ -99,6 +99,8 @@ def check_report(report: CheckReport, job: Job) -> None:
         raise ProtocolViolation(f"output_shape {_show(report.output_shape)} is not the {expected} asked")
     check_float(report.forward_seconds, "forward_seconds")
     check_float(report.import_seconds, "import_seconds")
+    if report.flops is not None:
+        check_count(report.flops, "flops")
 
 
 def check_epoch_stats(stats: EpochStats, epochs: int, what: str) -> None:

@@ -263,12 +263,12 @@ def test_history_with_metrics_and_cis_reaches_the_prompt(server: FakeLLMServer,
     base = Proposal(config=default_config(DIGITS), ref="a")
     history = [
         Outcome(candidate_id="c1", proposal=base, status="passed", metric="accuracy",
-                mean=0.9711, ci95=(0.962, 0.980), params=12345),
+                mean=0.9711, ci95=(0.962, 0.980), params=12345, flops=2_660_864),
         failed("c2", base, FailureKind.OUT_OF_MEMORY, "Traceback...\nMemoryError: too big"),
     ]
     planner_for(server, slept, repair_budget=0).propose(history)
     prompt = user_prompt(server)
-    assert "c1: selection accuracy 0.9711 [0.9620, 0.9800], 12,345 params" in prompt
+    assert "c1: selection accuracy 0.9711 [0.9620, 0.9800], 12,345 params, 2.66 MFLOPs per example;" in prompt
     assert "c2: FAILED out_of_memory: MemoryError: too big" in prompt
     assert "Best so far: c1 with accuracy 0.9711" in prompt
 

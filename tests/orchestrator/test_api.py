@@ -241,11 +241,15 @@ def test_summary_of_a_rendered_config_matches_the_assembler(docker_client, tmp_p
     summary = summarize_model(path, input_shape=(1, 8, 8), num_classes=10, config=cnn())
     norm = normalize_config(cnn())
     assert summary.ok and summary.class_name == "SmallCNN"
-    assert summary.params == analyze(norm.config, input_shape=(1, 8, 8), num_classes=10).params
+    analysis = analyze(norm.config, input_shape=(1, 8, 8), num_classes=10)
+    assert summary.params == analysis.params
+    # the sandbox's FLOP count (torch's FlopCounterMode) is the trusted assembler's: 2 FLOPs per MAC
+    assert summary.flops == 2 * analysis.macs == 18_048
     assert summary.output_shape == (2, 10)
     assert summary.layers == norm.layer_shapes
     from_config = summarize_model(cnn())  # rendered into a temporary file first
     assert from_config.params == summary.params and from_config.layers == summary.layers
+    assert from_config.flops == summary.flops
 
 
 @pytest.mark.docker
@@ -261,6 +265,7 @@ def test_check_and_train_the_example_on_digits(docker_client):
     example = ROOT / "examples" / "digits_cnn.py"
     checked = check_model(example, dataset="digits")
     assert checked.result.failure is None and checked.result.check.output_shape == (2, 10)
+    assert checked.result.check.flops == 2_660_864  # its two convolutions and two linears, per example
     trained = check_model(example, dataset="digits", train=True, epochs=2)
     assert trained.result.failure is None, trained.result.failure
     assert trained.scores.metrics["accuracy"].mean > 0.5

@@ -68,7 +68,7 @@ FAILURES = st.builds(Failure, stage=st.sampled_from(Stage), kind=st.sampled_from
 ANY_MESSAGE = st.one_of(
     st.builds(Ready, protocol=INTS, python=TEXT, torch=TEXT, device=TEXT, cuda_devices=INTS, threads=INTS),
     st.builds(CheckReport, params=INTS, trainable_params=INTS, output_shape=TUPLES_OF_INTS,
-              forward_seconds=FLOATS, import_seconds=FLOATS),
+              forward_seconds=FLOATS, import_seconds=FLOATS, flops=st.one_of(st.none(), INTS)),
     st.builds(Progress, seed=INTS, stats=STATS, epochs=INTS),
     st.builds(Batches, seed=INTS, epoch=INTS, step=INTS, steps=INTS, epochs=INTS, planned=INTS),
     st.builds(Predictions, seed=INTS, logits=BLOBS, dtype=TEXT, shape=TUPLES_OF_INTS, curves=CURVES,
@@ -101,7 +101,7 @@ def mutations(draw) -> Mutation:
             ("params", int), ("trainable_params", int), ("forward_seconds", float), ("import_seconds", float),
             ("seed", int), ("epochs", int), ("dtype", str), ("best_epoch", int), ("seconds", float),
             ("stopped_early", bool), ("logits", bytes), ("epoch", int), ("step", int), ("steps", int),
-            ("planned", int),
+            ("planned", int), ("flops", int),
         ]))
         return Mutation(op, index, field=name, value=draw(BY_TYPE[kind]))
     if op == "stats":
@@ -125,7 +125,7 @@ def honest_script(job: Job, n_test: int) -> list:
     assert job.train is not None
     k, epochs = job.num_classes, job.train.epochs
     out: list = [CheckReport(params=123, trainable_params=123, output_shape=(job.check_batch, k),
-                             forward_seconds=0.01, import_seconds=0.1)]
+                             forward_seconds=0.01, import_seconds=0.1, flops=246)]
     for seed in job.train.seeds:
         curve = tuple(EpochStats(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.4 * e / epochs, val_loss=1.2 / e,
                                  val_acc=0.5 + 0.3 * e / epochs, seconds=0.1, lr=1e-3) for e in range(1, epochs + 1))
@@ -223,6 +223,7 @@ def test_any_script_ends_as_a_result_whose_values_are_bounded(plan, tmp_path):
     assert sorted(result.logits) == [0, 1]
     assert all(np.isfinite(v).all() and v.shape == (N_TEST, 3) for v in result.logits.values())
     assert 0 <= result.check.trainable_params <= result.check.params
+    assert result.check.flops is None or 0 <= result.check.flops <= MAX_COUNT
     assert np.isfinite([result.check.forward_seconds, result.check.import_seconds]).all()
     curves = [s for p in result.predictions for s in p.curves] + [p.stats for p in result.progress]
     assert all(len(p.curves) <= 3 and 0 <= p.best_epoch <= 3 and np.isfinite(p.seconds) for p in result.predictions)
@@ -241,6 +242,8 @@ def test_the_honest_script_passes(tmp_path):
 
 @pytest.mark.parametrize("field, value, words", [
     ("params", 2**63, "0..2**53"),
+    ("flops", -1, "flops = -1 is not a count"),
+    ("flops", 2**53 + 1, "0..2**53"),
     ("forward_seconds", float("nan"), "finite"),
     ("output_shape", (2, 4), "output_shape"),
 ])

@@ -85,7 +85,14 @@ def test_check_prints_hostile_user_names_inert_when_passing() -> None:
     check = CheckReport(params=10, trainable_params=10, output_shape=(2, 10), forward_seconds=0.0)
     stream = StringIO()
     print_outcome(CheckOutcome(request, JobResult(job_id="j", check=check)), as_json=False, stream=stream)
-    assert stream.getvalue().startswith("PASSED m\\x1b]0;x\\x07.py: Net\\x1b[2J has 10 parameters")
+    assert stream.getvalue().startswith("PASSED m\\x1b]0;x\\x07.py: Net\\x1b[2J has 10 parameters, output (2, 10)")
+    counted = CheckReport(params=10, trainable_params=10, output_shape=(2, 10), forward_seconds=0.0, flops=9728)
+    stream = StringIO()
+    print_outcome(CheckOutcome(request, JobResult(job_id="j", check=counted)), as_json=False, stream=stream)
+    assert "has 10 parameters and 9.73 kFLOPs per example (forward), output (2, 10)" in stream.getvalue()
+    stream = StringIO()
+    print_outcome(CheckOutcome(request, JobResult(job_id="j", check=counted)), as_json=True, stream=stream)
+    assert json.loads(stream.getvalue())["flops"] == 9728
 
 
 # ----------------------------------------------------------------------- researcher run: live view

@@ -55,9 +55,9 @@ def curves(epochs: int = 4) -> dict[int, tuple[EpochStats, ...]]:
 
 
 def check(params: int = 12345) -> CheckReport:
-    """A check report."""
+    """A check report (forward FLOPs per example: 2 per parameter, as for a linear model)."""
     return CheckReport(params=params, trainable_params=params, output_shape=(2, 10),
-                       forward_seconds=0.01)
+                       forward_seconds=0.01, flops=2 * params)
 
 
 def failure(kind: FailureKind = FailureKind.SHAPE_MISMATCH, message: str = "bad shape") -> Failure:

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -86,6 +87,17 @@ def test_reports_show_the_leaderboard_with_cis(run: Path) -> None:
     assert [r for r, _ in ranks] == ["1", "2", "3"] and ranks[0][1] == best.id
 
 
+def test_reports_show_the_forward_flops_the_sandbox_counted(run: Path) -> None:
+    best = _best(run)
+    assert (best.params, best.flops) == (32_000, 64_000)
+    md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
+    board = md[md.index("## Leaderboard"):md.index("## Best model")]
+    assert "| params | FLOPs/example |" in board and f"| {best.id} |" in board
+    assert re.search(rf"^\| 1 \| {best.id} \| .* \| 32,000 \| 64 k \| ", board, re.MULTILINE), board
+    assert "- parameters: 32,000; forward 64 kFLOPs per example; evaluation took" in md
+    assert "<dt>parameters</dt><dd>32,000; forward 64 kFLOPs per example</dd>" in page
+
+
 def test_failures_are_grouped_by_kind(run: Path) -> None:
     md = (run / "report.md").read_text()
     assert "### shape\\_mismatch (2)" in md and "### timeout (1)" in md
@@ -144,7 +156,9 @@ def test_a_one_seed_run_short_of_its_target_shows_no_spread_and_no_stop_on_the_t
                          plots=False) as reg:
         cid = reg.add_candidate(f.proposal(), f.SOURCE)
         reg.mark_running(cid)
-        reg.finish_candidate(cid, check=f.check(), scores=one, selection=one, curves=f.curves(), seconds=2.0)
+        # a check report from an image that counted no FLOPs (older, or a model the counter cannot follow)
+        reg.finish_candidate(cid, check=msgspec.structs.replace(f.check(), flops=None), scores=one, selection=one,
+                             curves=f.curves(), seconds=2.0)
         reg.set_status("finished", "time budget spent (600 s)")
     md, page = (p.read_text() for p in write_reports(run_dir))
     for doc in (md, page):
@@ -152,9 +166,10 @@ def test_a_one_seed_run_short_of_its_target_shows_no_spread_and_no_stop_on_the_t
         assert "1 per candidate (seed 0)" in doc
         assert "0.0000" not in doc  # neither in the leaderboard nor in the metric table
         assert "weights kept" not in doc  # no kept epoch was recorded: none is made up
+        assert "FLOPs per example" not in doc  # nor a FLOP count
     board = md[md.index("## Leaderboard"):md.index("## Best model")]
-    assert re.search(r"^\| 1 \| c001 \| [0-9.]+ \| [0-9.]+ \| n/a \(one seed\) \| n/a \(one seed\) \|", board,
-                     re.MULTILINE), board
+    assert re.search(r"^\| 1 \| c001 \| [0-9.]+ \| [0-9.]+ \| n/a \(one seed\) \| n/a \(one seed\) \| 12,345 \| – \|",
+                     board, re.MULTILINE), board
 
 
 def test_wall_time_leaves_out_the_time_a_run_was_dead() -> None:
