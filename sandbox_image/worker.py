@@ -14,6 +14,7 @@ allows. Containment is the container's job; honesty of results is the host's.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -152,22 +153,59 @@ def check_forward(model, job: Job, import_seconds: float) -> CheckReport:
 def count_flops(model, x) -> int | None:
     """Forward FLOPs per example of ``model`` on the batch ``x``, by torch's FlopCounterMode
     (which counts matrix multiplies, convolutions and attention); None where it cannot count.
-
-    It costs one more forward pass of the check batch, and importing torch._dynamo, which the
-    optimisers import anyway when the job trains.
-    """
+    It costs one more forward pass of the check batch."""
     import torch
 
     try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
+        counter = _flop_counter()(display=False)
         with torch.no_grad(), counter:
             model(x)
         flops = int(counter.get_total_flops()) // max(1, x.shape[0])
     except Exception:  # noqa: BLE001 - a count is a nicety: a model it cannot follow still passes its check
         return None
     return flops if 0 <= flops <= 2**53 else None
+
+
+@functools.cache
+def _flop_counter() -> type:
+    """torch's FlopCounterMode, its dispatch mode without torch.compile's wrapper.
+
+    TorchDispatchMode subclasses get their ``__torch_dispatch__`` wrapped in
+    ``torch._disable_dynamo``, whose first call imports torch._dynamo: 1-2 s of CPU per
+    sandbox, which the recipe avoids too (``evaluator.recipe``'s note on start-up cost).
+    Nothing here compiles, so the mode's own method is used unwrapped. Should a torch
+    release lack the internals this relies on, the stock class is used (only slower).
+    """
+    import inspect
+
+    from torch.utils import flop_counter
+
+    stock = flop_counter.FlopCounterMode
+    inner = getattr(flop_counter, "_FlopCounterMode", None)
+    raw = vars(inner).get("__torch_dispatch__") if isinstance(inner, type) else None
+    if raw is None or not callable(getattr(stock, "__enter__", None)):
+        return stock
+
+    class Mode(inner):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:  # keep the method below as written
+            return False
+
+        __torch_dispatch__ = inspect.unwrap(raw)
+
+    class Counter(stock):  # type: ignore[misc, valid-type]
+        def __enter__(self):  # stock's __enter__, with the mode above
+            self.flop_counts.clear()
+            self.mod_tracker.__enter__()
+            try:
+                self.mode = Mode(self)
+                self.mode.__enter__()
+            except BaseException:
+                self.mod_tracker.__exit__()  # no module hooks left behind for training
+                raise
+            return self
+
+    return Counter
 
 
 def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import msgspec
 import pytest
 import torch
@@ -24,13 +27,13 @@ def test_the_check_reports_forward_flops_per_example() -> None:
 
 
 def test_a_model_the_counter_cannot_follow_still_passes_with_no_count(monkeypatch) -> None:
-    import torch.utils.flop_counter as fc
+    from sandbox_image import worker
 
-    class Broken(fc.FlopCounterMode):
+    class Broken(worker._flop_counter()):  # type: ignore[misc]
         def __enter__(self):  # type: ignore[no-untyped-def]
             raise RuntimeError("cannot trace this model")
 
-    monkeypatch.setattr(fc, "FlopCounterMode", Broken)
+    monkeypatch.setattr(worker, "_flop_counter", lambda: Broken)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     report = check_forward(model, _job((1, 8, 8), 3), import_seconds=0.0)
     assert report.output_shape == (2, 3) and report.flops is None
@@ -63,3 +66,29 @@ def test_a_check_report_reads_the_same_by_old_and_new_peers(flops) -> None:
     # an image from before the field: its report decodes with no count
     old = msgspec.msgpack.encode(OldCheckReport(params=1, trainable_params=1, output_shape=(2, 3), forward_seconds=0.0))
     assert p.worker_decoder().decode(old).flops is None
+
+
+def test_counting_never_loads_the_compiler_stack() -> None:
+    """torch._dynamo costs 1-2 s of CPU per sandbox start: the count, like the recipe, does without it."""
+    code = (
+        "import sys, torch\n"
+        "from torch import nn\n"
+        "from sandbox_image.worker import count_flops\n"
+        "model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 10)).eval()\n"
+        "print(count_flops(model, torch.randn(2, 1, 8, 8)),"
+        " sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "9728 []"
+
+
+def test_the_stock_counter_counts_the_same() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                          nn.Flatten(), nn.Linear(8 * 15 * 15, 10)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    stock = FlopCounterMode(display=False)
+    with torch.no_grad(), stock:
+        model(x)
+    assert count_flops(model, x) == stock.get_total_flops() // 4 > 0
