@@ -308,13 +308,14 @@ def serve(endpoint: str, *, warm_up: bool = False) -> int:
     """Connect to the host, announce Ready, run one job, and exit.
 
     ``warm_up`` (a warm-pool slot) pays torch's one-time costs (first autograd pass
-    and optimiser step) before Ready, so the job does not; the cold path skips it,
-    and a check without training never needs it.
+    and optimiser step, the FLOP counter's import) before Ready, so the job does not;
+    the cold path skips it, and a check without training never needs the first two.
     """
     if warm_up:
         from evaluator.recipe import warm_up as _warm
 
         _warm()
+        _flop_counter()
     ready = _ready()
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PAIR)
