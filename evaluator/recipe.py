@@ -147,13 +147,15 @@ def train_seed(
     device: str = "cpu",
     on_epoch: Callable[[EpochStats], None] | None = None,
     deadline: float | None = None,
-    on_batch: Callable[[int, int, int, int], None] | None = None,
+    on_batch: Callable[[int, int, int, int, str], None] | None = None,
 ) -> SeedResult:
     """Train one seed as ``spec`` says, keep the best-validation weights, predict the test inputs.
 
-    ``on_epoch`` gets each finished epoch's stats; ``on_batch(epoch, step, steps, planned)`` is
-    called after every training batch (the caller decides how often to pass it on); ``planned``
-    is the epochs the run now goes to: those asked, or fewer where the deadline fits fewer.
+    ``on_epoch`` gets each finished epoch's stats; ``on_batch(epoch, step, steps, planned, phase)``
+    is called after every batch (the caller decides how often to pass it on): ``phase`` "train"
+    while ``epoch`` trains, "val" while it is validated, and "predict" while the test inputs are
+    predicted after the last epoch (``planned`` 0 then); ``planned`` is the epochs the run now
+    goes to: those asked, or fewer where the deadline fits fewer.
     """
     started = time.monotonic()
     dev = torch.device(device)
@@ -163,8 +165,10 @@ def train_seed(
         tensors = _Tensors.build(data, dev, fit_val=spec.fit_val)
         loop = _Loop(model, tensors, spec, dev, seed)
         run = loop.run(on_epoch, deadline, on_batch)
-        logits = _predict(model, tensors.test_x, dev, loop.eval_batch,
-                          channels_last=loop.channels_last, tta=loop.tta)
+        last = len(run.curves)
+        logits = _predict(model, tensors.test_x, dev, loop.eval_batch, channels_last=loop.channels_last, tta=loop.tta,
+                          on_step=None if on_batch is None else
+                          lambda step, steps: on_batch(last, step, steps, 0, "predict"))
     return SeedResult(
         logits=logits,
         curves=tuple(run.curves),
@@ -427,7 +431,7 @@ class _Loop:
         self.planned = spec.epochs  # the epochs the run goes to: fewer once a deadline re-plans an annealing schedule
 
     def run(self, on_epoch: Callable[[EpochStats], None] | None, deadline: float | None,
-            on_batch: Callable[[int, int, int, int], None] | None = None) -> _Run:
+            on_batch: Callable[[int, int, int, int, str], None] | None = None) -> _Run:
         """Train until the epoch budget, patience or deadline runs out; restore the best weights."""
         run, best, stale = _Run(curves=[]), _Best(), 0
         patience, epochs, epoch = effective_patience(self.spec), self.spec.epochs, 0
@@ -469,11 +473,13 @@ class _Loop:
         return min(epochs, len(curves) + more)
 
     def _epoch(self, epoch: int, deadline: float | None,
-               on_batch: Callable[[int, int, int, int], None] | None = None) -> tuple[EpochStats, bool]:
+               on_batch: Callable[[int, int, int, int, str], None] | None = None) -> tuple[EpochStats, bool]:
         started = time.monotonic()
         train_loss, train_acc, cut = self._train_epoch(deadline, epoch, on_batch)
         val_loss, val_acc = _evaluate(self.model, self.t.val_x, self.t.val_y, self.device, self.eval_batch,
-                                      channels_last=self.channels_last)
+                                      channels_last=self.channels_last,
+                                      on_step=None if on_batch is None else
+                                      lambda step, steps: on_batch(epoch, step, steps, self.planned, "val"))
         if not math.isfinite(val_loss):
             raise NonFiniteLoss(f"validation loss is {val_loss} at epoch {epoch}")
         stats = EpochStats(
@@ -488,7 +494,7 @@ class _Loop:
         return stats, cut
 
     def _train_epoch(self, deadline: float | None, epoch: int = 1,
-                     on_batch: Callable[[int, int, int, int], None] | None = None) -> tuple[float, float, bool]:
+                     on_batch: Callable[[int, int, int, int, str], None] | None = None) -> tuple[float, float, bool]:
         """Mean training loss and accuracy of the batches run, and whether the deadline cut the epoch."""
         self.model.train()
         x, y, size = self.t.train_x, self.t.train_y, self.spec.batch_size
@@ -506,7 +512,7 @@ class _Loop:
             if self.device.type == "cpu" or step % _CUDA_CHECK_EVERY == 0:
                 _check_finite(loss_sum, "training loss")
             if on_batch is not None:
-                on_batch(epoch, step, self.steps_per_epoch, self.planned)
+                on_batch(epoch, step, self.steps_per_epoch, self.planned, "train")
             if deadline is not None and seen < self.used and time.monotonic() >= deadline:
                 cut = True
                 break
@@ -589,17 +595,21 @@ def _check_finite(value: torch.Tensor, what: str) -> None:
 @torch.no_grad()
 def _evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int,
-    *, channels_last: bool = False,
+    *, channels_last: bool = False, on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``x``, in eval mode, in float32, in batches."""
+    """Mean cross-entropy and accuracy over ``x``, in eval mode, in float32, in batches
+    (``on_step(step, steps)`` after each)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, x.shape[0], batch):
+    steps = math.ceil(x.shape[0] / batch)
+    for step, start in enumerate(range(0, x.shape[0], batch), start=1):
         xb, yb = _to(x[start : start + batch], device), _to(y[start : start + batch], device)
         logits = model(_layout(xb, channels_last)).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         correct += (logits.argmax(dim=1) == yb).sum()
+        if on_step is not None:
+            on_step(step, steps)
     n = max(int(x.shape[0]), 1)
     return float(loss_sum) / n, float(correct) / n
 
@@ -607,20 +617,24 @@ def _evaluate(
 @torch.no_grad()
 def _predict(
     model: nn.Module, x: torch.Tensor, device: torch.device, batch: int,
-    *, channels_last: bool = False, tta: bool = False,
+    *, channels_last: bool = False, tta: bool = False, on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Test logits (n_test, C) as float32, in eval mode, without autocast, in batches.
+    """Test logits (n_test, C) as float32, in eval mode, without autocast, in batches
+    (``on_step(step, steps)`` after each).
 
     With ``tta`` each image's logits are the mean of its own and its mirror's.
     """
     model.eval()
     parts = []
-    for start in range(0, x.shape[0], batch):
+    steps = math.ceil(x.shape[0] / batch)
+    for step, start in enumerate(range(0, x.shape[0], batch), start=1):
         xb = _layout(_to(x[start : start + batch], device), channels_last)
         logits = model(xb).float()
         if tta:
             logits = (logits + model(_layout(xb.flip(-1), channels_last)).float()) / 2
         parts.append(logits.cpu())
+        if on_step is not None:
+            on_step(step, steps)
     out = torch.cat(parts).numpy()
     if not np.isfinite(out).all():
         raise NonFiniteLoss("the test logits contain NaN or infinite values")

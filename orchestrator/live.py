@@ -146,7 +146,8 @@ class LiveView:
 
 
 def _epoch(entry: dict) -> str:
-    """``3/20`` after an epoch; ``4/20, batch 120/469`` while a Batches message says where epoch 4 is;
+    """``3/20`` after an epoch; ``4/20, batch 120/469`` while a Batches message says where epoch 4 is
+    (``4/20, validating 3/16`` while it is validated; ``20/20, predicting 5/63`` once training is over);
     ``5/7 (of 12 asked)`` once the candidate's deadline has re-planned its schedule over 7 epochs."""
     epochs = entry.get("epochs") or "?"
     planned = entry.get("planned") or epochs
@@ -154,7 +155,8 @@ def _epoch(entry: dict) -> str:
     batch = entry.get("batch")
     if batch:
         epoch, step, steps = batch
-        return f"{epoch}/{of}, batch {step}/{steps}"
+        doing = {"val": "validating", "predict": "predicting"}.get(entry.get("phase", "train"), "batch")
+        return f"{epoch}/{of}, {doing} {step}/{steps}"
     return f"{entry['epoch']}/{of}"
 
 

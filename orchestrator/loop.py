@@ -358,8 +358,9 @@ class ResearchLoop:
         elif isinstance(msg, Batches):
             if msg.seed != entry.get("seed"):  # the next seed: the last one's epoch and val acc are not its own
                 entry.update(epoch=0, val_acc=None)
-            entry.update(seed=msg.seed, epochs=msg.epochs, batch=(msg.epoch, msg.step, msg.steps),
-                         planned=msg.planned or msg.epochs)
+            entry.update(seed=msg.seed, epochs=msg.epochs, batch=(msg.epoch, msg.step, msg.steps), phase=msg.phase)
+            if msg.phase != "predict":  # predicting says nothing of the epochs planned
+                entry["planned"] = msg.planned or msg.epochs
         elif isinstance(msg, Progress):
             entry.update(seed=msg.seed, epoch=msg.stats.epoch, epochs=msg.epochs, val_acc=msg.stats.val_acc,
                          batch=None)
@@ -373,6 +374,7 @@ class ResearchLoop:
                         return True
         elif isinstance(msg, Predictions):
             entry["seeds_done"] = entry.get("seeds_done", 0) + 1
+            entry["batch"] = None
         return False
 
     def _record(self, cid: str, proposal: Proposal, future: Future) -> Outcome:

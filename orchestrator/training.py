@@ -200,10 +200,17 @@ class TrainingProgress:
         if self.enabled is False:
             return
         planned = msg.planned or self.epochs  # fewer than asked once a deadline re-planned the schedule
-        where = f"seed {msg.seed} epoch {msg.epoch}/{planned}: batch {msg.step}/{msg.steps}"
+        if msg.phase == "predict":
+            where = f"seed {msg.seed}: predicting the held-out inputs, batch {msg.step}/{msg.steps}"
+        else:
+            doing = "validating, batch" if msg.phase == "val" else "batch"
+            where = f"seed {msg.seed} epoch {msg.epoch}/{planned}: {doing} {msg.step}/{msg.steps}"
         if self._progress is not None:
-            self._progress.update(self._task, completed=self._epochs_done + msg.step / max(msg.steps, 1),
-                                  description="training")
+            if msg.phase == "train":
+                self._progress.update(self._task, completed=self._epochs_done + msg.step / max(msg.steps, 1),
+                                      description="training")
+            else:
+                self._progress.update(self._task, description="validating" if msg.phase == "val" else "predicting")
             return
         now = time.monotonic()
         if now - self._last_line >= BATCH_LINE_EVERY_S:

@@ -10,9 +10,10 @@ Flow of one job::
     worker -> Ready                      (once, as soon as the worker is up)
     host   -> Job
     worker -> CheckReport                (model imported, forward pass checked)
-    worker -> (Batches* Progress)*, Predictions
+    worker -> (Batches* Progress)*, Batches*, Predictions
                                          (per seed, only when the job trains: where the
-                                         running epoch is, every BATCHES_EVERY_S at most,
+                                         running epoch's training or validation is, then
+                                         the prediction, every BATCHES_EVERY_S at most;
                                          and each finished epoch)
     worker -> Done | Failure             (exactly one, last)
     host   -> Bye                        (all read; the worker exits)
@@ -25,11 +26,11 @@ refuses a worker that reports another version with a "rebuild the image" error.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
-PROTOCOL_VERSION = 4  # 3: TrainSpec.fit_val; 4: Batches
+PROTOCOL_VERSION = 5  # 3: TrainSpec.fit_val; 4: Batches; 5: Batches.phase (a 4 host refuses predict's)
 
 #: Label on the sandbox image that carries the protocol version it speaks.
 IMAGE_PROTOCOL_LABEL = "org.pytorch-researcher.protocol"
@@ -211,12 +212,18 @@ class Progress(_Msg, kw_only=True):
 BATCHES_EVERY_S = 5.0
 
 
+#: What a seed's batches are doing: training epoch ``epoch``, validating it, or (its training
+#: over, ``epoch`` its last) predicting the evaluation inputs.
+Phase = Literal["train", "val", "predict"]
+
+
 class Batches(_Msg, kw_only=True):
-    """Where training is inside an epoch: ``step`` of its ``steps`` batches done (streamed
-    at most every ``BATCHES_EVERY_S`` while an epoch trains, so a long epoch shows progress).
+    """Where a seed is inside an epoch: ``step`` of its ``steps`` batches done (streamed at most
+    every ``BATCHES_EVERY_S``, so a long epoch, validation or prediction shows progress).
 
     ``epochs`` is what the job asked; ``planned`` the epochs training now goes to, fewer once
-    the job's deadline re-planned an annealing schedule over the epochs that fit (0: as asked).
+    the job's deadline re-planned an annealing schedule over the epochs that fit (0: as asked;
+    always 0 while predicting). ``phase`` says which batches: training, validation or prediction.
     """
 
     seed: int
@@ -225,6 +232,7 @@ class Batches(_Msg, kw_only=True):
     steps: int
     epochs: int = 0
     planned: int = 0
+    phase: Phase = "train"
 
 
 class Predictions(_Msg, kw_only=True):

@@ -236,10 +236,12 @@ def train_all(cls: type, job: Job, send: Callable[[msgspec.Struct], None]) -> No
             send(Progress(seed=seed, stats=stats, epochs=spec.epochs))
             said[0] = time.monotonic()
 
-        def on_batch(epoch, step, steps, planned, seed=seed, said=said):
+        def on_batch(epoch, step, steps, planned, phase, seed=seed, said=said):
             now = time.monotonic()
-            if step < steps and now - said[0] >= BATCHES_EVERY_S:  # the epoch's end has its Progress
-                send(Batches(seed=seed, epoch=epoch, step=step, steps=steps, epochs=spec.epochs, planned=planned))
+            # the last batch of a phase is followed by what ends it (the next phase, Progress, Predictions)
+            if step < steps and now - said[0] >= BATCHES_EVERY_S:
+                send(Batches(seed=seed, epoch=epoch, step=step, steps=steps, epochs=spec.epochs, planned=planned,
+                             phase=phase))
                 said[0] = now
 
         try:

@@ -126,21 +126,30 @@ def check_progress(msg: Progress, job: Job, seen: dict[int, int]) -> None:
 
 
 def check_batches(msg: Batches, job: Job, progress_seen: dict[int, int], sent: int, elapsed_s: float) -> None:
-    """Where an asked seed's running epoch is: the epoch after its last Progress, a batch
-    within it; ``sent`` (this one included) within the burst plus one per second of ``elapsed_s``."""
+    """Where an asked seed is: training or validating the epoch after its last Progress, or (phase
+    "predict") predicting after its last epoch, a batch within it; ``sent`` (this one included)
+    within the burst plus one per second of ``elapsed_s``."""
     seeds, epochs = _plan(job)
     _check_seed(msg.seed, seeds, "Batches")
     if msg.epochs != epochs:
         raise ProtocolViolation(f"Batches says {_show(msg.epochs)} epochs; {epochs} were asked")
-    running = progress_seen.get(msg.seed, 0) + 1
-    if running > epochs:
-        raise ProtocolViolation(f"Batches for seed {msg.seed} after its {epochs} epochs")
-    if isinstance(msg.epoch, bool) or msg.epoch != running:
-        raise ProtocolViolation(f"Batches for seed {msg.seed} says epoch {_show(msg.epoch)}; "
-                                f"it is training epoch {running} of {epochs}")
-    if isinstance(msg.planned, bool) or not (msg.planned == 0 or running <= msg.planned <= epochs):
-        raise ProtocolViolation(f"Batches says training goes to epoch {_show(msg.planned)}; it is training "
-                                f"epoch {running} of the {epochs} asked")
+    done = progress_seen.get(msg.seed, 0)
+    if msg.phase == "predict":  # after training, which ended at the last epoch it reported
+        if done < 1 or isinstance(msg.epoch, bool) or msg.epoch != done:
+            raise ProtocolViolation(f"Batches predicting for seed {msg.seed} after epoch {_show(msg.epoch)}; "
+                                    f"its last epoch reported is {done}")
+        if isinstance(msg.planned, bool) or msg.planned != 0:
+            raise ProtocolViolation(f"Batches predicting says training goes to epoch {_show(msg.planned)}")
+    else:
+        running = done + 1
+        if running > epochs:
+            raise ProtocolViolation(f"Batches for seed {msg.seed} after its {epochs} epochs")
+        if isinstance(msg.epoch, bool) or msg.epoch != running:
+            raise ProtocolViolation(f"Batches for seed {msg.seed} says epoch {_show(msg.epoch)}; "
+                                    f"it is training epoch {running} of {epochs}")
+        if isinstance(msg.planned, bool) or not (msg.planned == 0 or running <= msg.planned <= epochs):
+            raise ProtocolViolation(f"Batches says training goes to epoch {_show(msg.planned)}; it is training "
+                                    f"epoch {running} of the {epochs} asked")
     check_count(msg.steps, "Batches steps")
     check_count(msg.step, "Batches step")
     if not 1 <= msg.step <= msg.steps:

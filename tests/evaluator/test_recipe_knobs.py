@@ -220,20 +220,34 @@ class _Slow(nn.Module):
         return self.lin(x.flatten(1))
 
 
+class _SlowEverywhere(_Slow):
+    """Sleeps 5 ms per batch, evaluation batches too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.005)
+        return self.lin(x.flatten(1))
+
+
 def test_a_deadline_cuts_training_keeps_the_best_weights_and_says_so() -> None:
     seen: list[EpochStats] = []
     spec = TrainSpec(epochs=50, batch_size=8, schedule="onecycle", optimizer="sgd", lr=0.05)
     started = time.monotonic()
-    batches: list[tuple[int, int, int, int]] = []
+    reported: list[tuple[int, int, int, int, str]] = []
     result = train_seed(_Slow, _tiny(96), spec, seed=0, deadline=started + 0.3, on_epoch=seen.append,
-                        on_batch=lambda *where: batches.append(where))
+                        on_batch=lambda *where: reported.append(where))
     assert result.truncated and not result.stopped_early
     assert 1 <= len(result.curves) < 50 and tuple(seen) == result.curves
-    # every batch is reported with the epochs training goes to: 50 asked, then what the deadline fits
+    # every training batch is reported with the epochs training goes to: 50 asked, then what the deadline fits
+    batches = [b[:4] for b in reported if b[4] == "train"]
     assert batches[0] == (1, 1, 12, 50) and all(b[2] == 12 for b in batches)
     planned = [b[3] for b in batches]
     assert planned == sorted(planned, reverse=True) and planned[-1] < 50
     assert all(epoch <= plan for epoch, _, _, plan in batches)
+    # each epoch's validation (32 examples, batches of 16), then the prediction of 40 test inputs after the last
+    trained = len(result.curves)
+    assert [b[:3] for b in reported if b[4] == "val"] == [(e, s, 2) for e in range(1, trained + 1) for s in (1, 2)]
+    assert [b for b in reported if b[4] == "predict"] == [(trained, s, 3, 0, "predict") for s in (1, 2, 3)]
+    assert reported[-3:] == [(trained, s, 3, 0, "predict") for s in (1, 2, 3)]
     assert time.monotonic() - started < 5  # about 0.3 s; generous for a shared machine
     assert result.logits.shape == (40, 3) and np.isfinite(result.logits).all()
     assert 1 <= result.best_epoch <= len(result.curves)
@@ -259,8 +273,9 @@ def test_the_worker_splits_the_budget_over_seeds_and_reports_truncation(tmp_path
 
 
 def test_the_worker_says_where_a_long_epoch_is_and_the_host_accepts_it(tmp_path: Path, monkeypatch) -> None:
-    """Batches at most every BATCHES_EVERY_S inside an epoch (never at its last batch, which its
-    Progress covers); the host's own bounds accept the real worker's sequence."""
+    """Batches at most every BATCHES_EVERY_S inside an epoch, its validation and the prediction (never
+    at a phase's last batch, which what follows covers); the host's own bounds accept the real
+    worker's sequence."""
     from orchestrator.sandbox import bounds
     from sandbox_image import worker
     from sandbox_image.protocol import Batches, Progress
@@ -273,18 +288,24 @@ def test_the_worker_says_where_a_long_epoch_is_and_the_host_accepts_it(tmp_path:
               train=TrainSpec(epochs=3, batch_size=8, seeds=(0, 1)), data=DataSpec(root=str(tmp_path)))
     steps = -(-len(data.train_y) // 8)
     sent: list[msgspec.Struct] = []
-    monkeypatch.setattr(worker, "BATCHES_EVERY_S", 0.02)  # _Slow takes 5 ms a batch: about one in four
-    worker.train_all(_Slow, job, sent.append)
+    monkeypatch.setattr(worker, "BATCHES_EVERY_S", 0.004)  # a batch takes 5 ms: one after nearly each
+    worker.train_all(_SlowEverywhere, job, sent.append)
     batches = [m for m in sent if isinstance(m, Batches)]
-    assert 6 <= len(batches) <= 6 * (steps - 1)  # some in each epoch, never at an epoch's last batch
+    train = [m for m in batches if m.phase == "train"]
+    assert 6 <= len(train) <= 6 * (steps - 1)  # some in each epoch, never at an epoch's last batch
     progress_seen: dict[int, int] = {}
     for count, msg in enumerate(m for m in sent if isinstance(m, (Batches, Progress))):
         if isinstance(msg, Progress):
             bounds.check_progress(msg, job, progress_seen)
         else:
-            assert 1 <= msg.step < msg.steps == steps and msg.planned == 3  # no deadline: as asked
+            total = {"train": steps, "val": 2, "predict": 3}[msg.phase]  # val 32 and test 40 in batches of 16
+            assert 1 <= msg.step < msg.steps == total
+            assert msg.planned == (0 if msg.phase == "predict" else 3)  # no deadline: as asked
             bounds.check_batches(msg, job, progress_seen, count + 1, elapsed_s=3600)
-    assert {(m.seed, m.epoch) for m in batches} == {(s, e) for s in (0, 1) for e in (1, 2, 3)}
+    assert {(m.seed, m.epoch) for m in train} == {(s, e) for s in (0, 1) for e in (1, 2, 3)}
+    assert {(m.seed, m.epoch) for m in batches if m.phase == "val"} == {(s, e) for s in (0, 1) for e in (1, 2, 3)}
+    assert {(m.seed, m.epoch, m.step) for m in batches if m.phase == "predict"} == {(0, 3, 1), (0, 3, 2),
+                                                                                   (1, 3, 1), (1, 3, 2)}
 
     sent.clear()
     monkeypatch.setattr(worker, "BATCHES_EVERY_S", 3600.0)  # short epochs: nothing between them

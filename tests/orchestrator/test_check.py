@@ -54,13 +54,19 @@ def test_check_train_progress_moves_inside_a_long_epoch(monkeypatch, capsys):
         bar.update(where[0])  # too soon after the epoch's line
         monkeypatch.setattr(training, "BATCH_LINE_EVERY_S", 0.0)
         bar.update(where[1])
+        bar.update(Batches(seed=0, epoch=2, step=3, steps=8, epochs=3, phase="val"))
+        bar.update(Batches(seed=0, epoch=3, step=20, steps=40, epochs=3, phase="predict"))
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["seed 0 epoch 1/3: loss 0.500/0.600 acc 0.800/0.750", "seed 0 epoch 2/3: batch 200/400"]
+    assert lines == ["seed 0 epoch 1/3: loss 0.500/0.600 acc 0.800/0.750", "seed 0 epoch 2/3: batch 200/400",
+                     "seed 0 epoch 2/3: validating, batch 3/8", "seed 0: predicting the held-out inputs, batch 20/40"]
 
     with training.TrainingProgress(3, 1, enabled=True) as bar:
         bar.update(Progress(seed=0, stats=stats, epochs=3))
         bar.update(where[0])
         assert bar._progress.tasks[0].completed == pytest.approx(1.25)  # 1 epoch and 100 of 400 batches
+        bar.update(Batches(seed=0, epoch=2, step=3, steps=8, epochs=3, phase="val"))
+        task = bar._progress.tasks[0]
+        assert task.completed == pytest.approx(1.25) and task.description == "validating"  # no training batch
     assert "1/3" in capsys.readouterr().err  # the bar counts whole epochs
     with training.TrainingProgress(3, 1, enabled=False) as bar:
         bar.update(where[1])

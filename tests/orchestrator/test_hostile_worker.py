@@ -70,7 +70,8 @@ ANY_MESSAGE = st.one_of(
     st.builds(CheckReport, params=INTS, trainable_params=INTS, output_shape=TUPLES_OF_INTS,
               forward_seconds=FLOATS, import_seconds=FLOATS, flops=st.one_of(st.none(), INTS)),
     st.builds(Progress, seed=INTS, stats=STATS, epochs=INTS),
-    st.builds(Batches, seed=INTS, epoch=INTS, step=INTS, steps=INTS, epochs=INTS, planned=INTS),
+    st.builds(Batches, seed=INTS, epoch=INTS, step=INTS, steps=INTS, epochs=INTS, planned=INTS,
+              phase=st.one_of(st.sampled_from(["train", "val", "predict"]), TEXT)),
     st.builds(Predictions, seed=INTS, logits=BLOBS, dtype=TEXT, shape=TUPLES_OF_INTS, curves=CURVES,
               best_epoch=INTS, stopped_early=st.booleans(), seconds=FLOATS),
     FAILURES,
@@ -101,7 +102,7 @@ def mutations(draw) -> Mutation:
             ("params", int), ("trainable_params", int), ("forward_seconds", float), ("import_seconds", float),
             ("seed", int), ("epochs", int), ("dtype", str), ("best_epoch", int), ("seconds", float),
             ("stopped_early", bool), ("logits", bytes), ("epoch", int), ("step", int), ("steps", int),
-            ("planned", int), ("flops", int),
+            ("planned", int), ("flops", int), ("phase", str),
         ]))
         return Mutation(op, index, field=name, value=draw(BY_TYPE[kind]))
     if op == "stats":
@@ -121,7 +122,8 @@ def mutations(draw) -> Mutation:
 
 def honest_script(job: Job, n_test: int) -> list:
     """What an honest worker sends for ``job``: a check, each seed's epochs and predictions, Done;
-    where its first two epochs are (two Batches each, within the host's burst: the script is fast)."""
+    where its first epoch's training (two Batches) and validation are, and its prediction (one
+    each): 8 Batches in all, within the host's burst, since the script is fast."""
     assert job.train is not None
     k, epochs = job.num_classes, job.train.epochs
     out: list = [CheckReport(params=123, trainable_params=123, output_shape=(job.check_batch, k),
@@ -130,9 +132,11 @@ def honest_script(job: Job, n_test: int) -> list:
         curve = tuple(EpochStats(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.4 * e / epochs, val_loss=1.2 / e,
                                  val_acc=0.5 + 0.3 * e / epochs, seconds=0.1, lr=1e-3) for e in range(1, epochs + 1))
         for stats in curve:
-            if stats.epoch <= 2:
-                out += [Batches(seed=seed, epoch=stats.epoch, step=step, steps=4, epochs=epochs) for step in (1, 3)]
+            if stats.epoch == 1:
+                out += [Batches(seed=seed, epoch=1, step=step, steps=4, epochs=epochs) for step in (1, 3)]
+                out.append(Batches(seed=seed, epoch=1, step=1, steps=2, epochs=epochs, phase="val"))
             out.append(Progress(seed=seed, stats=stats, epochs=epochs))
+        out.append(Batches(seed=seed, epoch=epochs, step=1, steps=2, epochs=epochs, phase="predict"))
         logits = np.random.default_rng(seed).normal(size=(n_test, k)).astype("<f4")
         out.append(Predictions(seed=seed, logits=logits.tobytes(), dtype="<f4", shape=(n_test, k), curves=curve,
                                best_epoch=epochs, seconds=1.0))
@@ -341,8 +345,9 @@ def test_the_view_sees_the_honest_batches_in_order(tmp_path):
     seen: list = []
     result = _execute(_forger([], N_TEST), tmp_path, seen=seen)
     assert result.failure is None, result.failure
-    where = [(m.seed, m.epoch, m.step) for m in seen if isinstance(m, Batches)]
-    assert where == [(seed, epoch, step) for seed in (0, 1) for epoch in (1, 2) for step in (1, 3)]
+    where = [(m.seed, m.phase, m.epoch, m.step) for m in seen if isinstance(m, Batches)]
+    assert where == [w for seed in (0, 1) for w in ((seed, "train", 1, 1), (seed, "train", 1, 3), (seed, "val", 1, 1),
+                                                    (seed, "predict", 3, 1))]
 
 
 @pytest.mark.parametrize("change, words", [
@@ -354,6 +359,8 @@ def test_the_view_sees_the_honest_batches_in_order(tmp_path):
     (dict(epochs=4), "Batches says 4 epochs; 3 were asked"),
     (dict(planned=4), "training goes to epoch 4; it is training epoch 1 of the 3 asked"),
     (dict(planned=-1), "training goes to epoch -1"),
+    (dict(phase="predict"), "Batches predicting for seed 0 after epoch 1; its last epoch reported is 0"),
+    (dict(phase="val", epoch=2), "says epoch 2; it is training epoch 1 of 3"),  # validating ahead too
 ])
 def test_a_batches_message_out_of_place_is_a_protocol_violation(change, words, tmp_path):
     def script(job):
@@ -365,6 +372,35 @@ def test_a_batches_message_out_of_place_is_a_protocol_violation(change, words, t
     result = _execute(ScriptedBackend(script), tmp_path)
     assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
     assert words in result.failure.message
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(epoch=2), "Batches predicting for seed 0 after epoch 2; its last epoch reported is 3"),
+    (dict(epoch=4), "after epoch 4; its last epoch reported is 3"),
+    (dict(planned=3), "Batches predicting says training goes to epoch 3"),
+    (dict(step=3), "batch 3 of 2"),
+])
+def test_a_prediction_batches_message_out_of_place_is_a_protocol_violation(change, words, tmp_path):
+    def script(job):
+        honest = honest_script(job, N_TEST)
+        first = next(i for i, m in enumerate(honest) if isinstance(m, Batches) and m.phase == "predict")
+        honest[first] = msgspec.structs.replace(honest[first], **change)
+        return honest
+
+    result = _execute(ScriptedBackend(script), tmp_path)
+    assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
+    assert words in result.failure.message
+
+
+def test_an_unknown_phase_is_refused_at_decoding(tmp_path):
+    def script(job):
+        honest = honest_script(job, N_TEST)
+        first = next(i for i, m in enumerate(honest) if isinstance(m, Batches))
+        honest[first] = msgspec.structs.replace(honest[first], phase="exfiltrate")  # never validated when built
+        return honest
+
+    result = _execute(ScriptedBackend(script), tmp_path)
+    assert result.failure is not None and result.failure.kind is FailureKind.PROTOCOL_VIOLATION
 
 
 def test_batches_after_a_seeds_predictions_or_its_last_epoch_are_refused(tmp_path):

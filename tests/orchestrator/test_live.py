@@ -3,6 +3,8 @@
 import time
 from types import SimpleNamespace
 
+import msgspec
+
 from orchestrator import live
 from orchestrator.live import LiveView
 
@@ -90,3 +92,32 @@ def test_the_next_seeds_batches_do_not_carry_the_last_seeds_epoch():
     assert (entry["seed"], entry["epoch"], entry["val_acc"], entry["batch"]) == (1, 0, None, (1, 73, 180))
     assert LiveView._in_flight_line(SimpleNamespace(state=SimpleNamespace(
         in_flight={"c001": entry}, finished=0))).startswith("c001 seed 1 epoch 1/12, batch 73/180 (")
+
+
+def test_validation_and_prediction_show_where_they_are():
+    """A long validation or the prediction after the last epoch moves the line too; Predictions ends it."""
+    import threading
+
+    from orchestrator.loop import ResearchLoop
+    from sandbox_image.protocol import Batches, EpochStats, Predictions, Progress, TrainSpec
+
+    proposal = SimpleNamespace(train=TrainSpec(epochs=12, seeds=(0, 1)))
+    entry = {"proposal": proposal, "seed": None, "epoch": 0, "val_acc": None, "submitted": time.monotonic()}
+    loop = SimpleNamespace(state=SimpleNamespace(in_flight={"c001": entry}), planner=None,
+                           _planner_lock=threading.Lock())
+    view = SimpleNamespace(state=SimpleNamespace(in_flight={"c001": entry}, finished=0))
+
+    def line(msg) -> str:  # type: ignore[no-untyped-def]
+        assert ResearchLoop._track(loop, "c001", proposal, msg) is False
+        return LiveView._in_flight_line(view)
+
+    stats = EpochStats(epoch=7, train_loss=0.2, train_acc=0.93, val_loss=0.2, val_acc=0.9344, seconds=15.0)
+    assert line(Batches(seed=0, epoch=8, step=10, steps=33, epochs=12, planned=8, phase="val")).startswith(
+        "c001 seed 0 epoch 8/8 (of 12 asked), validating 10/33")
+    assert line(Progress(seed=0, stats=msgspec.structs.replace(stats, epoch=8), epochs=12)).startswith(
+        "c001 seed 0 epoch 8/8 (of 12 asked) val acc 0.9344")
+    # predicting keeps the epochs the deadline planned (its own planned is 0)
+    assert line(Batches(seed=0, epoch=8, step=5, steps=63, epochs=12, phase="predict")).startswith(
+        "c001 seed 0 epoch 8/8 (of 12 asked), predicting 5/63 val acc 0.9344")
+    assert line(Predictions(seed=0, logits=b"", dtype="<f4", shape=(0, 10))).startswith(
+        "c001 seed 0 epoch 8/8 (of 12 asked) val acc 0.9344")
