@@ -286,8 +286,9 @@ class ModelSummary:
     """A model file as the sandbox saw it, with per-layer shapes when it was rendered from a config.
 
     ``params``, ``output_shape`` and ``flops`` (forward FLOPs per example) come from the
-    sandbox's import and forward passes of the code; ``layers`` come from the config (the trusted side's shape inference, the
-    assembler's), so they are empty for a file given without its config.
+    sandbox's import and forward passes of the code; ``layers`` come from the config (the
+    trusted side's shape inference, the assembler's), so they are empty for a file given
+    without its config.
     """
 
     path: Path
