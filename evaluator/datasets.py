@@ -283,7 +283,10 @@ def _load_cifar(name: str, root: Path | None, coarse: bool = False) -> RawDatase
 def _folder_missing(root: Path | None) -> str | None:
     if root is not None and root.is_dir() and any(p.is_dir() for p in root.iterdir()):
         return None
-    return f"no image folder at {root or 'DIR'}: expected DIR/<class>/<image> or DIR/{{train,test}}/<class>/<image>"
+    layout = "DIR/<class>/<image> or DIR/{train,test}/<class>/<image>"
+    if root is None:
+        return f"no image folder given: pass --data-dir DIR laid out as {layout}"
+    return f"no image folder at {root}: expected {layout}"
 
 
 def _load_imagefolder(root: Path | None, image_size: int = 32) -> RawDataset:
@@ -313,7 +316,10 @@ def _rgb(x: np.ndarray) -> np.ndarray:
 def _file_missing(root: Path | None, suffix: str) -> str | None:
     if root is not None and root.is_file():
         return None
-    return f"pass the {suffix} file itself as --data-dir (got {root})"
+    if root is None:
+        return f"no {suffix} file given: pass the file itself as --data-dir, e.g. --data-dir data{suffix}"
+    what = "a directory" if root.is_dir() else "no such file"
+    return f"pass the {suffix} file itself as --data-dir (got {root}: {what})"
 
 
 def _load_csv(root: Path | None, target: str | int | None = None, header: bool | None = None) -> RawDataset:

@@ -100,7 +100,8 @@ class LiveView:
             line = f"{record.id} pruned after {len(record.val_curve())} epochs"
         else:
             value = record.value(metric)
-            line = f"{record.id} selection {metric} {value:.4f} {_fmt_ci(record, metric)}  ({record.params or 0:,} params, {record.seconds:.1f} s)"
+            line = (f"{record.label} selection {metric} {value:.4f} {_fmt_ci(record, metric)}  "
+                    f"({record.params or 0:,} params, {record.seconds:.1f} s)")
         _say(line)
 
     def message(self, text: str) -> None:
@@ -139,7 +140,7 @@ class LiveView:
         passed = loop.target.ranked([c for c in loop.registry.candidates("passed") if c.value(metric) is not None],
                                     lambda c: c.value(metric))
         for rank, rec in enumerate(passed[:5], 1):
-            board.add_row(*map(_cell, (rank, rec.id, f"{rec.value(metric):.4f}", _fmt_ci(rec, metric),
+            board.add_row(*map(_cell, (rank, rec.label, f"{rec.value(metric):.4f}", _fmt_ci(rec, metric),
                                        f"{rec.params or 0:,}", f"{rec.seconds:.1f}")))
         footer = _cell(f"finished {loop.state.finished}, failed {loop.state.failed}")
         return Group(header, flight, board, footer)

@@ -11,3 +11,8 @@ def flops(value: int | None) -> str:
         if value >= scale:
             return f"{value / scale:.3g} {prefix}FLOPs"
     return f"{value} FLOPs"
+
+
+def estimate(seconds: float) -> str:
+    """An estimated duration: ``about 42 s``, or ``under 1 s`` (never ``about 0 s``)."""
+    return "under 1 s" if seconds < 0.5 else f"about {seconds:.0f} s"

@@ -48,25 +48,25 @@ from optuna.pruners import BasePruner, HyperbandPruner, NopPruner, SuccessiveHal
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
+from orchestrator import units
 from orchestrator.exceptions import ResearcherError, UsageError
 from orchestrator.planning.assembler import DEFAULT_MAX_PARAMS, analyze
 from orchestrator.planning.budget import Budget, EpochTimer, epoch_seeds, shortest_final
 from orchestrator.planning.space import Params, SearchSpace, space_for
-from orchestrator.planning.types import (
+from orchestrator.planning.types import (  # FINAL_OF, final_training_of: re-exported
+    FINAL_OF,
     PlannerFacts,
     InvalidConfig,
     Outcome,
     ParamValue,
     Proposal,
     Target,
+    final_training_of,
     parse_train_spec,
 )
 from sandbox_image.protocol import TrainSpec
 
 PrunerKind = Literal["hyperband", "halving", "none"]
-
-#: ``Proposal.params`` key of the final training: the id of the candidate it retrains.
-FINAL_OF = "final_of"
 
 _MAX_REJECTED = 50  # samples in a row the assembler may refuse before we give up
 _MAX_OVER_BUDGET = 8  # samples in a row that do not fit the time left before we stop searching
@@ -76,12 +76,6 @@ _SMALLER = ", made smaller to fit"
 
 class _OverBudget(Exception):
     """A sampled candidate whose estimated time does not fit what is left."""
-
-
-def final_training_of(proposal: Proposal) -> str | None:
-    """The candidate id a final-training proposal retrains, or None for any other proposal."""
-    value = proposal.params.get(FINAL_OF)
-    return value if isinstance(value, str) and proposal.ref.endswith(":final") else None
 
 
 class OfflinePlanner:
@@ -302,7 +296,7 @@ class OfflinePlanner:
         if epochs < self.space.max_epochs:
             described += f" (of {self.space.max_epochs}, to fit the time left)"
         if seconds is not None:
-            described += f", about {seconds:.0f} s"
+            described += f", {units.estimate(seconds)}"
         return Proposal(config=config, train=train, ref=ref, params=params,
                         rationale=self._rationale(number, described, label))
 
@@ -454,7 +448,7 @@ class OfflinePlanner:
         train = parse_train_spec(msgspec.structs.replace(best.proposal.train, epochs=epochs, fit_val=True))
         self._final = best.candidate_id
         per_epoch = self._budget.final_per_epoch(best.candidate_id)
-        about = "" if per_epoch is None else f", about {self._budget.cost(per_epoch, epochs):.0f} s"
+        about = "" if per_epoch is None else f", {units.estimate(self._budget.cost(per_epoch, epochs))}"
         params: dict[str, ParamValue] = {FINAL_OF: best.candidate_id, "epochs": epochs,
                                          "base_epochs": base}
         return msgspec.structs.replace(

@@ -299,6 +299,16 @@ class Proposal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise InvalidConfig(f"class_name {self.class_name!r} is not a Python identifier")
 
 
+#: ``Proposal.params`` key of a final training: the id of the candidate it retrains.
+FINAL_OF = "final_of"
+
+
+def final_training_of(proposal: Proposal) -> str | None:
+    """The candidate id a final-training proposal retrains, or None for any other proposal."""
+    value = proposal.params.get(FINAL_OF)
+    return value if isinstance(value, str) and proposal.ref.endswith(":final") else None
+
+
 Status = Literal["passed", "failed"]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
+from orchestrator.registry import CandidateRecord
 from orchestrator.report import text
 from orchestrator.report.content import ReportData
 from orchestrator.report.markdown import clip
@@ -76,6 +77,12 @@ def _header(data: ReportData) -> str:
             f"<div><h2>Run</h2>{facts(text.run_lines(data))}</div></section>")
 
 
+def _candidate(record: CandidateRecord) -> str:
+    """The id as code, with ``final of cNNN`` beside it for a final training."""
+    of = record.final_of
+    return f"<code>{e(record.id)}</code>" + ("" if of is None else f" <small>final of <code>{e(of)}</code></small>")
+
+
 def _leaderboard(data: ReportData) -> str:
     if not data.leaderboard:
         return "<section><h2>Leaderboard</h2><p>No candidate passed.</p></section>"
@@ -83,7 +90,7 @@ def _leaderboard(data: ReportData) -> str:
     nodes = data.nodes  # a cluster run: which node ran each candidate
     for rank, r in enumerate(data.leaderboard, start=1):
         s = r.summary(data.metric)
-        rows.append([str(rank), f"<code>{e(r.id)}</code>", text.num(r.value(data.metric)),
+        rows.append([str(rank), _candidate(r), text.num(r.value(data.metric)),
                      f"<b>{text.num(s.mean if s else None)}</b>",
                      e(text.ci(s)), text.std(s), text.params(r.params), text.flops(r.flops),
                      text.epochs_run(r), f"{r.seconds:.1f}"] + ([e(nodes.get(r.id, ""))] if nodes else [])

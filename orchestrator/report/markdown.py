@@ -87,7 +87,7 @@ def _leaderboard(data: ReportData) -> str:
     rows = []
     for rank, r in enumerate(data.leaderboard, start=1):
         s = r.summary(data.metric)
-        rows.append([str(rank), md(r.id), text.num(r.value(data.metric)), text.num(s.mean if s else None),
+        rows.append([str(rank), md(r.label), text.num(r.value(data.metric)), text.num(s.mean if s else None),
                      md(text.ci(s)), text.std(s), text.params(r.params), text.flops(r.flops), text.epochs_run(r),
                      f"{r.seconds:.1f}"] + ([md(nodes.get(r.id, ""))] if nodes else [])
                     + [md(clip(text.layers(r), 160))])

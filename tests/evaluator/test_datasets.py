@@ -376,3 +376,25 @@ def test_available_datasets_reports_what_loads(tmp_path: Path) -> None:
     assert infos["cifar10"].available and not infos["cifar100"].available
     assert "cifar-100-python" in infos["cifar100"].detail
     assert not {i.name: i for i in available_datasets()}["cifar10"].available
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("imagefolder", "no image folder given: pass --data-dir DIR laid out as DIR/<class>/<image>"),
+        ("csv", "no .csv file given: pass the file itself as --data-dir, e.g. --data-dir data.csv"),
+        ("npz", "no .npz file given: pass the file itself as --data-dir, e.g. --data-dir data.npz"),
+    ],
+)
+def test_own_files_without_a_data_dir_say_what_to_pass(name: str, needle: str) -> None:
+    with pytest.raises(DataError) as caught:
+        load_dataset(name, None)
+    assert needle in str(caught.value)
+    assert "None" not in str(caught.value)
+
+
+def test_a_directory_given_for_a_csv_file_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=re.escape(f"(got {tmp_path}: a directory)")):
+        load_dataset("csv", tmp_path)
+    with pytest.raises(DataError, match=re.escape(f"(got {tmp_path / 'x.npz'}: no such file)")):
+        load_dataset("npz", tmp_path / "x.npz")

@@ -121,3 +121,22 @@ def test_validation_and_prediction_show_where_they_are():
         "c001 seed 0 epoch 8/8 (of 12 asked), predicting 5/63 val acc 0.9344")
     assert line(Predictions(seed=0, logits=b"", dtype="<f4", shape=(0, 10))).startswith(
         "c001 seed 0 epoch 8/8 (of 12 asked) val acc 0.9344")
+
+
+def test_a_finished_final_training_names_the_candidate_it_retrained(tmp_path, capsys):
+    from msgspec import structs
+
+    from orchestrator.planning.types import FINAL_OF
+    from orchestrator.registry import Registry
+    from tests.registry import factories as f
+
+    with Registry.create(tmp_path / "run", f.settings(), plots=False) as reg:
+        searched = f.add_passed(reg, 2.0)
+        final = structs.replace(f.proposal(), ref="optuna:offline:final", params={FINAL_OF: searched})
+        records = [reg.candidate(searched), reg.candidate(f.add_passed(reg, 3.0, proposed=final))]
+    view = LiveView(enabled=False)  # no loop attached: it reports accuracy
+    for record in records:
+        view.candidate_finished(record)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"[researcher] {searched} selection accuracy ")
+    assert lines[1].startswith(f"[researcher] {records[1].id} (final of {searched}) selection accuracy ")

@@ -360,3 +360,16 @@ def test_a_final_that_cannot_fit_one_candidates_limit_is_said_once() -> None:
     # 583 s of 600) is not told to raise --timeout
     planner, said = run_with(SANDBOX_SHARE * 900.0 - SANDBOX_MARGIN_S, budget=1600.0)
     assert planner._final_plan(planner._best) is None and said == [[], [], []]
+
+
+def test_sub_second_estimates_read_under_1_s_never_about_0_s() -> None:
+    planner = OfflinePlanner(WINE, ACCURACY, seed=0)
+    device = FakeDevice(WINE, 0.5, startup=0.05)  # a small table net trains in a fraction of a second
+    history = measured(planner, device, 3)
+    planner.set_budget(600.0)
+    proposal = planner.propose(history)
+    assert proposal is not None
+    estimate = planner.estimate_seconds(proposal)
+    assert estimate is not None and estimate < 0.5
+    assert proposal.rationale.endswith(", under 1 s"), proposal.rationale
+    assert "about 0 s" not in proposal.rationale

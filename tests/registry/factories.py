@@ -79,9 +79,9 @@ SOURCE = "import torch\nfrom torch import nn\n\nclass Net(nn.Module):\n    pass\
 
 
 def add_passed(registry: Registry, skill: float, width: int = 16, seed: int = 0,
-               source: str = SOURCE) -> str:
-    """Add, run and pass a candidate; return its id."""
-    cid = registry.add_candidate(proposal(width), source)
+               source: str = SOURCE, proposed: Proposal | None = None) -> str:
+    """Add, run and pass a candidate (``proposed``, else a CNN of ``width``); return its id."""
+    cid = registry.add_candidate(proposed or proposal(width), source)
     registry.mark_running(cid)
     c = curves()
     registry.finish_candidate(cid, check=check(1000 * width), scores=scores(skill, seed),

@@ -260,3 +260,28 @@ def test_kept_epochs_that_differ_are_given_per_seed() -> None:
     record = CandidateRecord(id="c001", seq=1, status="passed", proposal=f.proposal(), source=f.SOURCE, created=0.0,
                              curves=c, dynamics=analyse(c, kept={0: 6, 1: 4, 2: 9}))  # 9: not an epoch
     assert text.kept(record) == "seed 0: epoch 6 of 6, seed 1: epoch 4 of 6 (the highest val accuracy)"
+
+
+def test_the_leaderboard_marks_a_final_training_with_the_candidate_it_retrained(tmp_path: Path) -> None:
+    from msgspec import structs
+
+    from orchestrator.planning.types import FINAL_OF
+
+    run_dir = tmp_path / "run_final"
+    with Registry.create(run_dir, f.settings(), plots=False) as reg:
+        reg.set_dataset(DATASET)
+        searched = f.add_passed(reg, 2.0)
+        base = f.proposal()
+        final = structs.replace(base, ref="optuna:offline:final", parent=searched,
+                                params={FINAL_OF: searched, "epochs": 12, "base_epochs": 4},
+                                train=structs.replace(base.train, epochs=12, fit_val=True))
+        retrained = f.add_passed(reg, 3.0, proposed=final)
+        # a search candidate whose params merely name a candidate is not a final training
+        f.add_passed(reg, 1.0, proposed=structs.replace(base, params={FINAL_OF: searched}))
+        reg.set_status("finished", "budget spent")
+    write_reports(run_dir)
+    md, page = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    board = md[md.index("## Leaderboard"):md.index("## Best model")]
+    assert f"| {retrained} (final of {searched}) |" in board
+    assert f"<code>{retrained}</code> <small>final of <code>{searched}</code></small>" in page
+    assert board.count("(final of ") == 1 and page.count("<small>final of ") == 1
