@@ -227,7 +227,7 @@ def _print_summary(paths, status: str, message: str, wall: float, html: Path) ->
         summary = best.summary(metric)
         ci = f", 95% CI [{summary.ci95_low:.4f}, {summary.ci95_high:.4f}] over {len(summary.per_seed)} seeds" \
             if summary.ci95_low is not None else " (one seed: no CI)"
-        lines.append(f"  best: {best.id} test {metric} {summary.mean:.4f}{ci}, {best.params or 0:,} params")
+        lines.append(f"  best: {best.label} test {metric} {summary.mean:.4f}{ci}, {best.params or 0:,} params")
         chosen = best.value(metric)
         lines.append(f"  chosen on selection {metric} {chosen:.4f} (a held-out split; the test split decided nothing)"
                      if chosen is not None else "  chosen on the selection split")

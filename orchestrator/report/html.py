@@ -125,7 +125,7 @@ def _best(data: ReportData) -> str:
     insights = "".join(f"<li>{e(i)}</li>" for i in (best.dynamics.insights if best.dynamics else ()))
     dynamics = (f"<h3>Learning dynamics <small>(from sandbox-reported curves)</small></h3>"
                 f"<ul>{insights}</ul>" if insights else "")
-    return (f"<section><h2>Best model: <code>{e(best.id)}</code></h2>{summary}"
+    return (f"<section><h2>Best model: {_candidate(best)}</h2>{summary}"
             f"<div class=\"grid\"><div><h3>Test metrics</h3>{metrics}</div>"
             f"<div><h3>Per class</h3>{per_class}</div></div>"
             f"{_img(data, 'confusion', 'confusion matrix', cls='square')}{_img(data, 'curves', 'learning curves')}"

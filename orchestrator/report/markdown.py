@@ -111,7 +111,7 @@ def _best(data: ReportData) -> str:
     insights = "\n".join(f"- {md(i)}" for i in (best.dynamics.insights if best.dynamics else ()))
     kept = text.kept(best)
     return "\n\n".join(p for p in [
-        f"## Best model: {md(best.id)}",
+        f"## Best model: {md(best.label)}",
         f"- layers: {md(text.layers(best))}\n- training: {md(text.training(best))}\n"
         + (f"- weights kept: {md(kept)}\n" if kept else "")
         + f"- parameters: {text.params(best.params)}{text.flops_note(best)}; evaluation took "

@@ -163,7 +163,7 @@ def outcome(data: ReportData) -> str:
     head = ("Target met" if data.target_met else
             "Target not met" if data.run.settings.target.threshold is not None else "Best result")
     n_select = data.dataset.get("n_select") or (best.selection.n_test if best.selection else 0)
-    return (f"{head}: candidate {best.id} reached mean test {data.metric} {num(summary.mean if summary else None)} "
+    return (f"{head}: candidate {best.label} reached mean test {data.metric} {num(summary.mean if summary else None)} "
             f"(95% CI {ci(summary)}) over {len(best.scores.seeds) if best.scores else 0} seed(s). "
             f"{selection_note(data.metric, chosen, n_select, stopped=data.target_met)}")
 
