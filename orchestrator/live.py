@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.planning.types import Proposal, final_training_of
 from orchestrator.safetext import inert
 
 
@@ -81,12 +82,12 @@ class LiveView:
         for cid, entry in list(loop.state.in_flight.items()):
             took = _took(entry, now)
             if not entry.get("epoch") and not entry.get("batch"):
-                parts.append(f"{cid} {_before_first_epoch(entry)}{took}")
+                parts.append(f"{_flying(cid, entry)} {_before_first_epoch(entry)}{took}")
                 continue
             val = ""
             if entry.get("val_acc") is not None:  # of the last finished epoch, named when another is under way
                 val = f" val acc {entry['val_acc']:.4f}" + (f" at epoch {entry['epoch']}" if entry.get("batch") else "")
-            parts.append(f"{cid} seed {entry.get('seed')} epoch {_epoch(entry)}{val}{took}")
+            parts.append(f"{_flying(cid, entry)} seed {entry.get('seed')} epoch {_epoch(entry)}{val}{took}")
         return "; ".join(parts) + f" ({loop.state.finished} finished)"
 
     def candidate_finished(self, record) -> None:
@@ -132,7 +133,7 @@ class LiveView:
             epoch = _epoch(entry) if entry.get("epoch") or entry.get("batch") else _before_first_epoch(entry)
             val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
             took = f"{now - entry['submitted']:.0f} s" if entry.get("submitted") is not None else ""
-            flight.add_row(*map(_cell, (cid, model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}",
+            flight.add_row(*map(_cell, (_flying(cid, entry), model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}",
                                         took)))
         board = Table(title="leaderboard (selection split, mean over seeds)", expand=True, title_justify="left")
         for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
@@ -144,6 +145,13 @@ class LiveView:
                                        f"{rec.params or 0:,}", f"{rec.seconds:.1f}")))
         footer = _cell(f"finished {loop.state.finished}, failed {loop.state.failed}")
         return Group(header, flight, board, footer)
+
+
+def _flying(cid: str, entry: dict) -> str:
+    """A candidate in flight by its id, naming the one it retrains when it is a final training."""
+    proposal = entry.get("proposal")
+    of = final_training_of(proposal) if isinstance(proposal, Proposal) else None
+    return cid if of is None else f"{cid} (final of {of})"
 
 
 def _epoch(entry: dict) -> str:

@@ -140,3 +140,18 @@ def test_a_finished_final_training_names_the_candidate_it_retrained(tmp_path, ca
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith(f"[researcher] {searched} selection accuracy ")
     assert lines[1].startswith(f"[researcher] {records[1].id} (final of {searched}) selection accuracy ")
+
+
+def test_a_final_training_in_flight_names_the_candidate_it_retrains(monkeypatch, capsys):
+    from orchestrator.planning.types import FINAL_OF, Proposal
+    from tests.registry import factories as f
+
+    monkeypatch.setattr(live, "HEARTBEAT_S", 0.0)
+    config = f.proposal().config
+    final = Proposal(config=config, ref="optuna:offline:final", params={FINAL_OF: "c002"})
+    view = LiveView(enabled=False)
+    with view:
+        view.refresh(_loop({"c003": {"proposal": final, "epoch": 208, "epochs": 500, "seed": 1, "val_acc": 1.0},
+                            "c004": {"proposal": Proposal(config=config, params={FINAL_OF: "c002"}), "epoch": 0}}))
+    err = capsys.readouterr().err
+    assert "c003 (final of c002) seed 1 epoch 208/500 val acc 1.0000; c004 starting (3 finished)" in err
