@@ -365,6 +365,7 @@ class BestCandidate:
     test: MetricValue | None
     source_path: Path  # best_model.py of the run
     flops: int | None = None  # forward FLOPs per example, counted in the sandbox
+    final_of: str | None = None  # when it is a final training: the candidate whose design it retrained
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,7 @@ def run_result(run_dir: StrPath) -> RunResult:
         paths = registry.paths
     chosen = None
     if best is not None:
-        chosen = BestCandidate(id=best.id, params=best.params, flops=best.flops,
+        chosen = BestCandidate(id=best.id, params=best.params, flops=best.flops, final_of=best.final_of,
                                selection=_metric_value(best.selection_summary(metric)),
                                test=_metric_value(best.summary(metric)), source_path=paths.best_model)
     return RunResult(run_dir=paths.root, status=info.status, stop_reason=info.message, metric=metric,

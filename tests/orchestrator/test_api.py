@@ -281,4 +281,21 @@ def test_run_returns_the_typed_summary_of_a_one_candidate_run(docker_client, tmp
     assert result.best is not None and result.n_passed == 1
     assert result.best.selection.n_seeds == 1 and result.best.selection.ci95_low is None
     assert 0.0 <= result.best.test.mean <= 1.0 and result.best.source_path.is_file()
+    assert result.best.final_of is None  # one candidate: no final training
     assert "max_candidates" in result.stop_reason or "candidate" in result.stop_reason
+
+
+def test_run_result_says_when_the_best_is_a_final_training(tmp_path):
+    from msgspec import structs
+
+    from orchestrator import run_result
+    from orchestrator.registry import Registry
+    from tests.registry import factories as f
+
+    with Registry.create(tmp_path / "run", f.settings(), plots=False) as reg:
+        searched = f.add_passed(reg, 2.0)
+        final = structs.replace(f.proposal(), ref="optuna:offline:final", params={t.FINAL_OF: searched})
+        retrained = f.add_passed(reg, 3.0, proposed=final)
+        reg.set_status("finished", "budget spent")
+    best = run_result(tmp_path / "run").best
+    assert best is not None and (best.id, best.final_of) == (retrained, searched)
