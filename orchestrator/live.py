@@ -133,8 +133,8 @@ class LiveView:
             epoch = _epoch(entry) if entry.get("epoch") or entry.get("batch") else _before_first_epoch(entry)
             val = f"{entry['val_acc']:.4f}" if entry.get("val_acc") is not None else ""
             took = f"{now - entry['submitted']:.0f} s" if entry.get("submitted") is not None else ""
-            flight.add_row(*map(_cell, (_flying(cid, entry), model, entry.get("seed", ""), epoch, val, f"{entry.get('params', 0):,}",
-                                        took)))
+            flight.add_row(*map(_cell, (_flying(cid, entry), model, entry.get("seed", ""), epoch, val,
+                                        f"{entry.get('params', 0):,}", took)))
         board = Table(title="leaderboard (selection split, mean over seeds)", expand=True, title_justify="left")
         for col in ("#", "candidate", metric, "95% CI", "params", "seconds"):
             board.add_column(_cell(col))
