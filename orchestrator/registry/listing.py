@@ -55,7 +55,8 @@ def _summary(registry: Registry) -> RunSummary:
         metric=settings.metric, candidates=len(records),
         passed=sum(r.status == "passed" for r in records),
         failed=sum(r.status == "failed" for r in records),
-        best_id=best.id if best else None, best_mean=best_summary.mean if best_summary else None,
+        best_id=best.id if best else None, best_final_of=best.final_of if best else None,
+        best_mean=best_summary.mean if best_summary else None,
         best_ci95=ci,  # type: ignore[arg-type]
         target_met=settings.target.reached(best.value(settings.metric) if best else None),  # selection decides
     )  # fmt: skip

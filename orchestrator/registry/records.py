@@ -158,6 +158,7 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     passed: int = 0
     failed: int = 0
     best_id: str | None = None
+    best_final_of: str | None = None  # when the best is a final training: the candidate it retrained
     best_mean: float | None = None
     best_ci95: tuple[float, float] | None = None
     target_met: bool = False

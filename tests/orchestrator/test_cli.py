@@ -79,3 +79,21 @@ def test_ls_names_the_chosen_candidate_and_that_its_figure_is_test(tmp_path, cap
     header, row = capsys.readouterr().out.splitlines()
     assert header.endswith("best (chosen on selection; its test score)")
     assert row.startswith("r1 ") and row.endswith(f"{best} test accuracy {mean:.4f}")
+
+
+def test_ls_says_when_the_chosen_candidate_is_a_final_training(tmp_path, capsys):
+    from msgspec import structs
+
+    from orchestrator.planning.types import FINAL_OF
+    from orchestrator.registry import Registry
+    from tests.registry import factories as f
+
+    with Registry.create(tmp_path / "r1", f.settings(), plots=False) as reg:
+        searched = f.add_passed(reg, 1.0)
+        final = structs.replace(f.proposal(), ref="optuna:offline:final", params={FINAL_OF: searched})
+        best = f.add_passed(reg, 3.0, proposed=final)
+        reg.set_status("finished", "time budget spent")
+        mean = reg.best().summary("accuracy").mean
+    assert cli.main(["ls", str(tmp_path)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.endswith(f"{best} (final of {searched}) test accuracy {mean:.4f}")
