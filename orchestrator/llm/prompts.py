@@ -16,7 +16,7 @@ import msgspec
 from orchestrator import units
 from orchestrator.llm.records import ChatMessage
 from orchestrator.llm.schema import resolve
-from orchestrator.planning.types import PlannerFacts, Outcome, Proposal, Target
+from orchestrator.planning.types import PlannerFacts, Outcome, Proposal, Target, final_training_of
 
 _MESSAGE_CHARS = 600  # of a failure message shown back to the model
 _SOURCE_CHARS = 6000  # of failed source shown in a repair task
@@ -114,7 +114,9 @@ def describe_outcome(outcome: Outcome) -> str:
         kind = outcome.failure_kind.value if outcome.failure_kind else "failed"
         message = (outcome.failure_message or "").strip().splitlines()
         result = f"FAILED {kind}: {message[-1][:200] if message else 'no message'}"
-    return f"{outcome.candidate_id}: {result}; {describe_proposal(outcome.proposal)}"
+    of = final_training_of(outcome.proposal)
+    name = outcome.candidate_id if of is None else f"{outcome.candidate_id} (final training of {of} on train + val)"
+    return f"{name}: {result}; {describe_proposal(outcome.proposal)}"
 
 
 def select_history(history: Sequence[Outcome], target: Target, limit: int) -> list[Outcome]:

@@ -201,8 +201,14 @@ class Budget:
         return None if per_epoch is None else per_epoch * self.final_scale
 
     def cheapest(self, epochs: int) -> float | None:
-        """Padded seconds of the cheapest measured design trained ``epochs`` (None before any)."""
+        """Padded seconds of the cheapest measured design trained ``epochs`` (None before any).
+
+        From the timer's designs; where it has none (an LLM's source, whose size it cannot
+        tell), from what the measured candidates took per epoch and seed.
+        """
         fastest = self.timer.cheapest_per_epoch()
+        if fastest is None and self._raw:
+            fastest = min(self._raw.values())
         return None if fastest is None else self.cost(fastest, epochs)
 
     def search_limit(self, reserve: float | None) -> float | None:

@@ -14,6 +14,10 @@ the LLM does raises out of ``propose``: hostile replies (huge numbers, deep nest
 null bytes) are refused where they are parsed, as ``LLMBadResponse`` or
 ``InvalidConfig``, and anything else that escapes handling one reply is caught in
 ``propose`` as a last resort and ends in the fallback, like an LLM that is down.
+
+With a time budget the run ends as the offline search does: once no other candidate fits
+beside it, the fallback (an ``OfflinePlanner``) proposes one final training of the best
+design so far, whoever proposed it, on train + val with the time left.
 """
 
 from __future__ import annotations
@@ -300,8 +304,13 @@ class LLMPlanner:
         return self.assembler.mode
 
     def propose(self, history: Sequence[Outcome]) -> Proposal | None:
-        """A repair of the latest repairable failure, else a new candidate; never raises."""
+        """The final training once it is due, else a repair of the latest repairable failure,
+        else a new candidate; never raises."""
         self._count = max([self._count, *(_ref_number(o.proposal.ref) for o in history)]) + 1
+        final = self._final_if_due(history)
+        if final is not None:
+            self.last_error = ""
+            return final
         try:
             proposal = self._ask(*self._request(history))
         except (LLMError, InvalidConfig) as exc:
@@ -323,6 +332,12 @@ class LLMPlanner:
         messages = prompts.propose_messages(self._system, self.goal, self.facts,
                                             self.target, history, limit=self.history_limit)
         return messages, "propose", None
+
+    def _final_if_due(self, history: Sequence[Outcome]) -> Proposal | None:
+        """The fallback's final training of the best design so far (the LLM's or its own),
+        once the time budget has no room for another candidate beside it; else None."""
+        final_if_due = getattr(self.fallback, "final_if_due", None)
+        return final_if_due(history) if final_if_due is not None else None
 
     def observe(self, outcome: Outcome) -> None:
         """Pass outcomes on to the fallback planner; the history carries the rest."""

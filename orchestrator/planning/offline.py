@@ -134,12 +134,7 @@ class OfflinePlanner:
 
     def propose(self, history: Sequence[Outcome]) -> Proposal | None:
         """The final training when it is due, else the next trial that fits; None to stop."""
-        self._sync(history)
-        self._stop_reason = ""
-        for outcome in history:
-            self._measure(outcome)
-        self._best = best = self._best_design(history)
-        self._note_final_over_cap(best)
+        best = self._learn(history)
         if self._final_due(best):
             return self._final_or_stop(best, self._out_of_room)
         if self.max_trials is not None \
@@ -156,6 +151,17 @@ class OfflinePlanner:
         raise ResearcherError(f"the search space for {self.facts.name!r} produced "
                               f"{_MAX_REJECTED} unusable configs in a row; raise max_params "
                               "or narrow the epochs range")
+
+    def final_if_due(self, history: Sequence[Outcome]) -> Proposal | None:
+        """The final training of the best design in ``history`` once the time budget has no room
+        for another candidate beside it, else None.
+
+        For a planner that searches by its own means (the LLM's) and leaves the final to this
+        one: the designs may be anyone's, and ``--max-candidates`` is not a reason here (the
+        candidates are the other planner's to propose). Proposed once, like ``propose``'s.
+        """
+        best = self._learn(history)
+        return self._final_proposal(best) if self._final_due(best, last_candidate=False) else None
 
     def observe(self, outcome: Outcome) -> None:
         """Tell the study how a candidate did; outcomes may arrive in any order."""
@@ -329,11 +335,21 @@ class OfflinePlanner:
 
     # ------------------------------------------------------------- budget and the final run
 
+    def _learn(self, history: Sequence[Outcome]) -> Outcome | None:
+        """Catch up with ``history`` (trials, timings, notices); the best design in it."""
+        self._sync(history)
+        self._stop_reason = ""
+        for outcome in history:
+            self._measure(outcome)
+        self._best = best = self._best_design(history)
+        self._note_final_over_cap(best)
+        return best
+
     def _measure(self, outcome: Outcome) -> None:
         """Learn what a finished candidate cost (once per candidate)."""
         cid, proposal = outcome.candidate_id, outcome.proposal
-        if proposal.ref.startswith(self._prefix) and proposal.train.seeds:
-            self._budget.seeds = len(proposal.train.seeds)  # the loop's seeds, as it ran them
+        if proposal.train.seeds:
+            self._budget.seeds = len(proposal.train.seeds)  # the loop's seeds, as it ran every candidate
         if cid in self._timed or not outcome.val_curve:
             return
         self._timed.add(cid)
@@ -401,12 +417,13 @@ class OfflinePlanner:
             return 0.0  # no final to keep time for, or it no longer fits: the search has it all
         return self._budget.kept_for_final(plan[1])
 
-    def _final_due(self, best: Outcome | None) -> bool:
-        """True when the final training should be the next proposal."""
+    def _final_due(self, best: Outcome | None, *, last_candidate: bool = True) -> bool:
+        """True when the final training should be the next proposal (with ``last_candidate``,
+        also because one candidate is left of ``--max-candidates``)."""
         if self._final is not None or best is None or (plan := self._final_plan(best)) is None:
             return False
         budget = self._budget
-        if budget.candidates_left is not None and budget.candidates_left <= 1:
+        if last_candidate and budget.candidates_left is not None and budget.candidates_left <= 1:
             return True
         cheapest = budget.cheapest(self.space.min_epochs)
         if budget.seconds_left is None or plan[1] is None or cheapest is None:

@@ -303,3 +303,64 @@ def test_refs_continue_after_a_resume(server: FakeLLMServer, slept: list[float])
     history = [Outcome(candidate_id="c7", proposal=earlier, status="passed", mean=0.5)]
     proposal = planner_for(server, slept).propose(history)
     assert proposal is not None and proposal.ref == "llm:8"
+
+
+def _ran(cid: str, proposal: Proposal, mean: float, seconds: float) -> Outcome:
+    """A passed candidate as the loop records it: the run's 3 seeds, every epoch on its curve."""
+    from msgspec import structs
+
+    ran = structs.replace(proposal, train=structs.replace(proposal.train, seeds=(0, 1, 2)))
+    curve = tuple(mean - 0.2 / e for e in range(1, ran.train.epochs + 1))
+    return Outcome(candidate_id=cid, proposal=ran, status="passed", metric="accuracy", mean=mean,
+                   val_curve=curve, seconds=seconds)
+
+
+@pytest.mark.parametrize("mode", ["config", "source"])
+def test_with_a_time_budget_the_run_ends_with_a_final_training_of_the_best_design(
+        server: FakeLLMServer, slept: list[float], mode: str) -> None:
+    from orchestrator.planning.offline import OfflinePlanner
+    from orchestrator.planning.types import final_training_of
+
+    reply = Reply.json(GOOD) if mode == "config" else Reply.json(source_reply(FIXED_SOURCE))
+    server.add(reply, reply, reply, reply)
+    planner = planner_for(server, slept, mode=mode, fallback=OfflinePlanner(DIGITS, TARGET))
+    planner.set_budget(1000.0)  # the run's budget, as the loop first says it
+    first = planner.propose([])
+    assert first is not None and first.ref == "llm:1"
+    history = [_ran("c1", first, 0.95, 60.0)]
+    planner.set_budget(900.0)
+    second = planner.propose(history)
+    assert second is not None and second.ref == "llm:2"  # room for more search: the LLM's turn
+    history.append(_ran("c2", second, 0.97, 60.0))
+    asked = len(server.chat_requests())
+    planner.set_budget(460.0)  # no other candidate fits beside a final training of 40% of the run
+    final = planner.propose(history)
+    assert final is not None and len(server.chat_requests()) == asked  # the LLM was not asked for it
+    assert final_training_of(final) == "c2" and final.parent == "c2" and final.ref.endswith(":final")
+    assert final.train.fit_val and final.train.epochs > second.train.epochs
+    # 40% of the run (estimates padded by 1.2) for 3 seeds at c2's pace (60 s), on train + val
+    per_epoch = 60.0 / (second.train.epochs * 3) * (DIGITS.n_train + DIGITS.n_val) / DIGITS.n_train
+    assert final.train.epochs == int(0.4 * 1000.0 / 1.2 / (3 * per_epoch))
+    assert (final.config, final.source) == (second.config, second.source)  # the same design
+    assert "final training of c2" in final.rationale
+    history.append(_ran("c3", final, 0.975, 250.0))
+    planner.observe(history[-1])
+    planner.set_budget(40.0)
+    after = planner.propose(history)  # once only: what is left goes back to the LLM
+    assert after is not None and final_training_of(after) is None and after.ref == "llm:4"
+    prompt = user_prompt(server)
+    assert "c3 (final training of c2 on train + val): selection accuracy 0.9750" in prompt
+
+
+def test_the_last_of_max_candidates_is_still_the_llms(server: FakeLLMServer, slept: list[float]) -> None:
+    from orchestrator.planning.offline import OfflinePlanner
+    from orchestrator.planning.types import final_training_of
+
+    server.add(Reply.json(GOOD), Reply.json(GOOD))
+    planner = planner_for(server, slept, fallback=OfflinePlanner(DIGITS, TARGET))
+    planner.set_budget(3600.0, candidates_left=2)
+    first = planner.propose([])
+    assert first is not None
+    planner.set_budget(3500.0, candidates_left=1)
+    last = planner.propose([_ran("c1", first, 0.95, 60.0)])
+    assert last is not None and final_training_of(last) is None and last.ref == "llm:2"
