@@ -364,3 +364,14 @@ def test_the_last_of_max_candidates_is_still_the_llms(server: FakeLLMServer, sle
     planner.set_budget(3500.0, candidates_left=1)
     last = planner.propose([_ran("c1", first, 0.95, 60.0)])
     assert last is not None and final_training_of(last) is None and last.ref == "llm:2"
+
+
+def test_a_fallback_whose_final_check_fails_leaves_the_turn_to_the_llm(server: FakeLLMServer,
+                                                                        slept: list[float]) -> None:
+    class Broken:
+        def final_if_due(self, history):
+            raise RuntimeError("arithmetic gone wrong")
+
+    server.add(Reply.json(GOOD))
+    proposal = planner_for(server, slept, fallback=Broken()).propose([])
+    assert proposal is not None and proposal.ref == "llm:1" and len(server.chat_requests()) == 1
