@@ -469,6 +469,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """Run `researcher ls`."""
     import datetime as dt
 
+    from orchestrator.planning.types import candidate_label
     from orchestrator.registry import list_runs
 
     try:
@@ -482,8 +483,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
           "best (chosen on selection; its test score)")
     for r in runs:
         started = dt.datetime.fromtimestamp(r.started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if r.started else "?"
-        chosen = r.best_id if r.best_final_of is None else f"{r.best_id} (final of {r.best_final_of})"
-        best = f"{chosen} test {r.metric} {r.best_mean:.4f}" if r.best_mean is not None else "-"
+        best = f"{candidate_label(r.best_id, r.best_final_of)} test {r.metric} {r.best_mean:.4f}" if r.best_mean is not None else "-"
         print(inert(f"{r.name:<28} {r.status:<12} {started:<17} {r.dataset:<14} {r.candidates:>4} {r.failed:>4}  {best}"))
     return EXIT_OK
 

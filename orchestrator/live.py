@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.planning.types import Proposal, final_training_of
+from orchestrator.planning.types import Proposal, candidate_label, final_training_of
 from orchestrator.safetext import inert
 
 
@@ -150,8 +150,7 @@ class LiveView:
 def _flying(cid: str, entry: dict) -> str:
     """A candidate in flight by its id, naming the one it retrains when it is a final training."""
     proposal = entry.get("proposal")
-    of = final_training_of(proposal) if isinstance(proposal, Proposal) else None
-    return cid if of is None else f"{cid} (final of {of})"
+    return candidate_label(cid, final_training_of(proposal) if isinstance(proposal, Proposal) else None)
 
 
 def _epoch(entry: dict) -> str:

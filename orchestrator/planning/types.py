@@ -309,6 +309,11 @@ def final_training_of(proposal: Proposal) -> str | None:
     return value if isinstance(value, str) and proposal.ref.endswith(":final") else None
 
 
+def candidate_label(candidate_id: str, final_of: str | None) -> str:
+    """A candidate's id as shown, naming the one it retrains when it is a final: ``c007 (final of c003)``."""
+    return candidate_id if final_of is None else f"{candidate_id} (final of {final_of})"
+
+
 Status = Literal["passed", "failed"]
 
 

@@ -10,7 +10,7 @@ import msgspec
 from evaluator.dynamics import Dynamics
 from evaluator.metrics import MetricSummary, Scores
 from evaluator.metrics import higher_is_better as higher_is_better
-from orchestrator.planning.types import Outcome, Proposal, final_training_of
+from orchestrator.planning.types import Outcome, Proposal, candidate_label, final_training_of
 from orchestrator.registry.settings import RunSettings
 from sandbox_image.protocol import CheckReport, EpochStats, Failure
 
@@ -69,7 +69,7 @@ class CandidateRecord(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def label(self) -> str:
         """Its id, naming the candidate it retrains when it is a final: ``c007 (final of c003)``."""
-        return self.id if self.final_of is None else f"{self.id} (final of {self.final_of})"
+        return candidate_label(self.id, self.final_of)
 
     def summary(self, metric: str) -> MetricSummary | None:
         """``metric`` over seeds on the TEST split (for reports), or None when there is no such score."""
