@@ -227,12 +227,17 @@ class ResearchLoop:
         return ""
 
     def _with_run_settings(self, proposal: Proposal) -> Proposal:
-        """The run's seeds, the dataset's flip rule and the candidate's deadline replace whatever the planner set."""
+        """The run's seeds, the dataset's flip rule and the candidate's deadline replace whatever the
+        planner set; a deadline the planner set (``train.time_budget_s`` > 0) shortens the loop's."""
         from evaluator.augment import flips_preserve_labels
 
+        deadline = self._candidate_budget_s()
+        planned = proposal.train.time_budget_s
+        if planned > 0 and math.isfinite(planned):
+            deadline = min(deadline, max(MIN_CANDIDATE_S, planned))
         train = msgspec.structs.replace(proposal.train, seeds=self.settings.seeds,
                                         hflip_ok=flips_preserve_labels(self.facts.name),
-                                        time_budget_s=self._candidate_budget_s())
+                                        time_budget_s=deadline)
         return msgspec.structs.replace(proposal, train=train)
 
     def _time_left_s(self) -> float | None:

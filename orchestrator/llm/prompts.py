@@ -110,6 +110,9 @@ def describe_outcome(outcome: Outcome) -> str:
         params = (f", {outcome.params:,} params" if outcome.params else "") + \
             (f", {units.flops(outcome.flops)} per example" if outcome.flops else "")
         result = f"selection {outcome.metric or 'metric'} {mean}{ci}{params}"
+        if outcome.val_curve and outcome.seconds > 0:  # what a candidate costs, for planning in time
+            trained = len(outcome.val_curve)
+            result += f", trained {trained} epoch{'' if trained == 1 else 's'} in {outcome.seconds:.0f} s"
     else:
         kind = outcome.failure_kind.value if outcome.failure_kind else "failed"
         message = (outcome.failure_message or "").strip().splitlines()
@@ -140,12 +143,13 @@ def system_prompt(task: str, layer_text: str, train_text: str, example: dict[str
 
 
 def propose_messages(system: str, goal: str, facts: PlannerFacts, target: Target | None,
-                     history: Sequence[Outcome], *, limit: int = 8) -> list[ChatMessage]:
-    """Messages asking for the next candidate, given everything tried so far."""
+                     history: Sequence[Outcome], *, limit: int = 8, time_line: str = "") -> list[ChatMessage]:
+    """Messages asking for the next candidate, given everything tried so far (and ``time_line``,
+    what the run's time budget leaves, when it has one)."""
     tgt = target or Target()
     shown = select_history(history, tgt, limit)
     lines = [f"Goal: {goal}", f"Dataset: {describe_facts(facts)}",
-             f"Target: {describe_target(target)}"]
+             f"Target: {describe_target(target)}", *([time_line] if time_line else [])]
     if shown:
         lines.append(f"Tried so far ({len(shown)} of {len(history)}):")
         lines += [f"- {describe_outcome(o)}" for o in shown]

@@ -17,7 +17,12 @@ null bytes) are refused where they are parsed, as ``LLMBadResponse`` or
 
 With a time budget the run ends as the offline search does: once no other candidate fits
 beside it, the fallback (an ``OfflinePlanner``) proposes one final training of the best
-design so far, whoever proposed it, on train + val with the time left.
+design so far, whoever proposed it, on train + val with the time left. Until then the
+fallback holds each of the LLM's candidates to the time its own would get (``fit``): a
+deadline that keeps the final training's reserve, and fewer epochs for a config it can
+time; the prompt gives the time left, that limit and what each earlier candidate took.
+When what is left cannot train the quickest design measured (``no_room``), ``propose``
+returns None without asking the LLM, and ``stop_reason`` says why.
 """
 
 from __future__ import annotations
@@ -297,6 +302,8 @@ class LLMPlanner:
         self._system = self.assembler.system_prompt()
         self._sent_for_repair: set[str] = set()
         self._count = 0
+        self._seconds_left: float | None = None  # of the run's time budget, as set_budget said
+        self._stop_reason = ""
 
     @property
     def mode(self) -> Mode:
@@ -304,8 +311,8 @@ class LLMPlanner:
         return self.assembler.mode
 
     def propose(self, history: Sequence[Outcome]) -> Proposal | None:
-        """The final training once it is due, else a repair of the latest repairable failure,
-        else a new candidate; never raises."""
+        """The final training once it is due, else None when no candidate fits the time left,
+        else a repair of the latest repairable failure, else a new candidate; never raises."""
         self._count = max([self._count, *(_ref_number(o.proposal.ref) for o in history)]) + 1
         try:
             final = self._final_if_due(history)
@@ -314,6 +321,10 @@ class LLMPlanner:
         if final is not None:
             self.last_error = ""
             return final
+        self._stop_reason = self._no_room()
+        if self._stop_reason:  # no candidate fits the time left: end the run, without asking
+            self.last_error = ""
+            return None
         try:
             proposal = self._ask(*self._request(history))
         except (LLMError, InvalidConfig) as exc:
@@ -323,7 +334,40 @@ class LLMPlanner:
             self.last_error = f"unexpected {type(exc).__name__} handling the LLM's reply: {exc}"
             return self._fallback(history)
         self.last_error = ""
-        return proposal
+        return self._fit(proposal)
+
+    def _fit(self, proposal: Proposal) -> Proposal:
+        """The LLM's candidate held to the time the fallback's own would get (its ``fit``): it
+        stops in time for the final training, and a config it can time is planned shorter
+        where needed; the change is said in the rationale."""
+        fit = getattr(self.fallback, "fit", None)
+        if fit is None:
+            return proposal
+        try:
+            fitted, note = fit(proposal, least_epochs=self.assembler.bounds.epochs[0])
+        except Exception:  # noqa: BLE001 - the fallback's arithmetic must not cost the LLM its candidate
+            return proposal
+        return msgspec.structs.replace(fitted, rationale=f"{fitted.rationale} [{note}]") if note else fitted
+
+    def _no_room(self) -> str:
+        """Why no candidate of the LLM's fits the run's time left ('' when one may): the fallback's word."""
+        no_room = getattr(self.fallback, "no_room", None)
+        try:
+            return no_room(least_epochs=self.assembler.bounds.epochs[0]) if no_room is not None else ""
+        except Exception:  # noqa: BLE001 - the fallback's arithmetic must not cost the LLM its turn
+            return ""
+
+    def _time_line(self) -> str:
+        """What the prompt says about time: what is left and what one candidate may train."""
+        limit = getattr(self.fallback, "candidate_limit", None)
+        try:
+            most = limit() if limit is not None else None
+        except Exception:  # noqa: BLE001 - a missing line must not cost the LLM its turn
+            most = None
+        if self._seconds_left is None or most is None:
+            return ""
+        return (f"Time: about {self._seconds_left:.0f} s of the run are left; a candidate may train "
+                f"{most:.0f} s at most (all seeds), so choose epochs and size to finish in that.")
 
     def _request(self, history: Sequence[Outcome]) -> tuple[list[ChatMessage], str, str | None]:
         """The messages to send, the origin ("repair" or "propose") and the repaired parent."""
@@ -332,8 +376,8 @@ class LLMPlanner:
             self._sent_for_repair.add(failed.candidate_id)
             messages = prompts.repair_messages(self._system, self.goal, self.facts, failed)
             return messages, "repair", failed.candidate_id
-        messages = prompts.propose_messages(self._system, self.goal, self.facts,
-                                            self.target, history, limit=self.history_limit)
+        messages = prompts.propose_messages(self._system, self.goal, self.facts, self.target, history,
+                                            limit=self.history_limit, time_line=self._time_line())
         return messages, "propose", None
 
     def _final_if_due(self, history: Sequence[Outcome]) -> Proposal | None:
@@ -349,6 +393,7 @@ class LLMPlanner:
 
     def set_budget(self, seconds_left: float | None, **limits) -> None:
         """Pass the time left on to a budget-aware fallback (its proposals must fit it too)."""
+        self._seconds_left = seconds_left
         set_budget = getattr(self.fallback, "set_budget", None)
         if set_budget is not None:
             set_budget(seconds_left, **limits)
@@ -359,7 +404,10 @@ class LLMPlanner:
         return take() if take is not None else []
 
     def stop_reason(self) -> str:
-        """Why the fallback planner, which ends the run here, had nothing more to propose."""
+        """Why the last ``propose`` returned None: no time for another candidate, as the
+        fallback planner (which ends the run here) judged it."""
+        if self._stop_reason:
+            return self._stop_reason
         why = getattr(self.fallback, "stop_reason", None)
         return why() if why is not None else ""
 

@@ -163,6 +163,63 @@ class OfflinePlanner:
         best = self._learn(history)
         return self._final_proposal(best) if self._final_due(best, last_candidate=False) else None
 
+    def candidate_limit(self) -> float | None:
+        """Seconds a search candidate may train now (None: no limit): at most one candidate's
+        cap and, with a time budget, the time left less the final training's reserve."""
+        limit = self._budget.search_limit(None if self._final is not None else self._reserve())
+        return None if limit is None else max(limit, 0.0)
+
+    def no_room(self, least_epochs: int = 1) -> str:
+        """Why no further search candidate fits the run's time budget now ('' when one may).
+
+        For a planner that searches by its own means (the LLM's), asked before each of its
+        candidates once ``final_if_due`` has had its turn: with no time left beside the final
+        training (or after it), or less than the quickest design measured needs for
+        ``least_epochs``, the run should end rather than start a candidate it cannot afford.
+        """
+        budget = self._budget
+        limit = self.candidate_limit()
+        if budget.seconds_left is None or limit is None:
+            return ""
+        cheapest = budget.cheapest(least_epochs)
+        if limit > 0 and (cheapest is None or limit >= cheapest):
+            return ""
+        return self._out_of_room(least_epochs)
+
+    def fit(self, proposal: Proposal, *, least_epochs: int = 1) -> tuple[Proposal, str]:
+        """Another planner's search candidate (the LLM's) held to the time this one's would get.
+
+        Call after ``final_if_due`` (which learns the history). The candidate may train no
+        longer than this planner's own may now (``Budget.search_limit``: the time left less
+        the final training's reserve): that limit becomes its ``train.time_budget_s``, at
+        which the worker stops it, truncated, with its best weights. A config whose size the
+        timer can estimate is also planned for fewer epochs (never under ``least_epochs``)
+        where its own would not fit, so its schedule still runs to its end. Returns the
+        proposal and what was changed, in words ('' when nothing was).
+        """
+        budget = self._budget
+        limit = self.candidate_limit()
+        if limit is None or final_training_of(proposal) is not None:
+            return proposal, ""
+        epochs, note = proposal.train.epochs, ""
+        per_epoch = None
+        if proposal.config is not None:
+            try:
+                per_epoch = budget.timer.per_epoch(self._macs(proposal))
+            except InvalidConfig:
+                pass
+        if per_epoch is not None:
+            fitted = max(least_epochs, min(epochs, budget.epochs_within(limit, per_epoch)))
+            if fitted < epochs:
+                note = (f"planned for {fitted} epochs instead of {epochs} to fit the {limit:.0f} s a "
+                        f"candidate may now train ({units.estimate(budget.cost(per_epoch, fitted))})")
+                epochs = fitted
+        if not note and budget.seconds_left is not None:
+            note = (f"may train {limit:.0f} s at most of the {budget.seconds_left:.0f} s left "
+                    "(time is kept for a final training)")
+        train = parse_train_spec(msgspec.structs.replace(proposal.train, epochs=epochs, time_budget_s=limit))
+        return msgspec.structs.replace(proposal, train=train), note
+
     def observe(self, outcome: Outcome) -> None:
         """Tell the study how a candidate did; outcomes may arrive in any order."""
         self._measure(outcome)
@@ -441,11 +498,12 @@ class OfflinePlanner:
             self._stop_reason = why()
         return final
 
-    def _out_of_room(self) -> str:
-        """Why no candidate fits: the run's time left, or one candidate's limit (then: --timeout)."""
+    def _out_of_room(self, epochs: int | None = None) -> str:
+        """Why no candidate fits: the run's time left, or one candidate's limit (then: --timeout);
+        ``epochs``: the fewest a candidate trains (default: the search space's)."""
         budget = self._budget
         left, cap = budget.seconds_left, budget.candidate_s
-        epochs = self.space.min_epochs
+        epochs = self.space.min_epochs if epochs is None else epochs
         cheapest = budget.cheapest(epochs)
         need = "" if cheapest is None else (f" (the quickest design measured needs about {cheapest:.0f} s "
                                             f"for {epochs} epoch{'' if epochs == 1 else 's'})")
@@ -462,7 +520,9 @@ class OfflinePlanner:
         base, epochs = best.proposal.train.epochs, self._budget.fit_left(best.candidate_id, plan[0])
         if epochs < shortest_final(base):
             return None
-        train = parse_train_spec(msgspec.structs.replace(best.proposal.train, epochs=epochs, fit_val=True))
+        # time_budget_s: the loop's deadline as the best design ran, not one for the final
+        train = parse_train_spec(msgspec.structs.replace(best.proposal.train, epochs=epochs, fit_val=True,
+                                                         time_budget_s=0.0))
         self._final = best.candidate_id
         per_epoch = self._budget.final_per_epoch(best.candidate_id)
         about = "" if per_epoch is None else f", {units.estimate(self._budget.cost(per_epoch, epochs))}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator, Sequence
 
@@ -345,11 +346,20 @@ def test_with_a_time_budget_the_run_ends_with_a_final_training_of_the_best_desig
     assert "final training of c2" in final.rationale
     history.append(_ran("c3", final, 0.975, 250.0))
     planner.observe(history[-1])
-    planner.set_budget(40.0)
+    planner.set_budget(100.0)
     after = planner.propose(history)  # once only: what is left goes back to the LLM
     assert after is not None and final_training_of(after) is None and after.ref == "llm:4"
     prompt = user_prompt(server)
     assert "c3 (final training of c2 on train + val): selection accuracy 0.9750" in prompt
+    # less left than the quickest design measured needs for the fewest epochs (10, x 3 seeds, padded
+    # by 1.2): the run ends, the LLM not asked, rather than start a candidate that overruns it
+    asked = len(server.chat_requests())
+    planner.set_budget(40.0)
+    assert planner.propose(history) is None and len(server.chat_requests()) == asked
+    why = re.fullmatch(r"time budget nearly spent: the 40 s left fit no further candidate "
+                       r"\(the quickest design measured needs about (\d+) s for 10 epochs\)", planner.stop_reason())
+    assert why is not None and int(why[1]) > 40
+    assert planner.last_error == ""
 
 
 def test_the_last_of_max_candidates_is_still_the_llms(server: FakeLLMServer, slept: list[float]) -> None:
@@ -375,3 +385,53 @@ def test_a_fallback_whose_final_check_fails_leaves_the_turn_to_the_llm(server: F
     server.add(Reply.json(GOOD))
     proposal = planner_for(server, slept, fallback=Broken()).propose([])
     assert proposal is not None and proposal.ref == "llm:1" and len(server.chat_requests()) == 1
+
+
+def test_the_llms_candidates_leave_the_final_training_its_time(server: FakeLLMServer, slept: list[float]) -> None:
+    """With a time budget, an LLM's config is planned for the epochs that fit what one candidate may
+    now train (the time left less the final training's reserve) and stops at that limit; the prompt
+    says the time left and what each candidate took."""
+    from orchestrator.planning.offline import OfflinePlanner
+
+    long_train = {**GOOD, "train": {**GOOD["train"], "epochs": 40}}
+    server.add(Reply.json(long_train), Reply.json(long_train))
+    fallback = OfflinePlanner(DIGITS, TARGET)
+    planner = planner_for(server, slept, fallback=fallback)
+    planner.set_budget(1000.0)
+    first = planner.propose([])
+    assert first is not None and first.train.epochs == 40  # nothing timed yet: only a deadline
+    assert first.train.time_budget_s == 400.0 and "may train 400 s at most of the 1000 s left" in first.rationale
+    history = [_ran("c1", first, 0.95, 360.0)]  # 3 s per epoch and seed
+    planner.set_budget(900.0)
+    second = planner.propose(history)
+    assert second is not None and second.ref == "llm:2"  # not yet the final
+    limit = fallback.candidate_limit()
+    assert limit is not None and 0 < second.train.time_budget_s == limit < 900.0 / 2.5
+    assert 1 <= second.train.epochs < 40 and f"instead of 40 to fit the {limit:.0f} s" in second.rationale
+    assert 1.2 * 3 * second.train.epochs * 3.0 <= limit + 1e-6  # its padded estimate fits the limit
+    prompt = user_prompt(server)
+    assert f"Time: about 900 s of the run are left; a candidate may train {limit:.0f} s at most" in prompt
+    assert "trained 40 epochs in 360 s" in prompt
+
+
+def test_an_llms_source_gets_the_limit_but_keeps_its_epochs(server: FakeLLMServer, slept: list[float]) -> None:
+    from orchestrator.planning.offline import OfflinePlanner
+
+    server.add(Reply.json(source_reply(FIXED_SOURCE)))
+    planner = planner_for(server, slept, mode="source", fallback=OfflinePlanner(DIGITS, TARGET))
+    planner.set_budget(500.0)
+    proposal = planner.propose([])
+    assert proposal is not None and proposal.train.epochs == TRAIN["epochs"]
+    assert proposal.train.time_budget_s == 200.0
+
+
+def test_without_a_time_budget_the_llms_candidates_are_unchanged(server: FakeLLMServer, slept: list[float]) -> None:
+    from orchestrator.planning.offline import OfflinePlanner
+
+    server.add(Reply.json(GOOD))
+    planner = planner_for(server, slept, fallback=OfflinePlanner(DIGITS, TARGET))
+    planner.set_budget(None)
+    proposal = planner.propose([])
+    assert proposal is not None and proposal.train.epochs == 12 and proposal.train.time_budget_s == 0.0
+    assert "Time:" not in user_prompt(server) and "at most" not in proposal.rationale
+

@@ -68,3 +68,25 @@ def test_the_workers_word_on_its_training_time_cannot_shorten_the_others_trainin
     assert all(0.0 <= o <= MAX_OVERHEAD_S for o in loop._overheads)
     assert loop._overheads[-1] >= 2.0 - 0.5  # at least the host's own share (wall - job)
     assert math.isclose(loop._candidate_budget_s(), 300.0 - 5.0, abs_tol=0.5)
+
+
+def test_a_deadline_the_planner_set_shortens_the_loops_but_never_under_the_minimum() -> None:
+    """An LLM's candidate carries the offline planner's limit (the time left less the final's share)."""
+    from orchestrator.planning.types import Proposal
+    from sandbox_image.protocol import TrainSpec
+
+    loop = _loop(3600.0, elapsed=0.0)
+    loop.settings = SimpleNamespace(time_budget_s=3600.0, seeds=(0, 1))
+    loop.facts = SimpleNamespace(name="digits")
+    cap = loop._candidate_budget_s()
+
+    def deadline(planned: float) -> float:
+        proposal = Proposal(source="class Net: pass", train=TrainSpec(time_budget_s=planned))
+        train = loop._with_run_settings(proposal).train
+        assert train.seeds == (0, 1) and not train.hflip_ok  # the run's, whatever the planner said
+        return train.time_budget_s
+
+    assert deadline(0.0) == cap  # none planned: the loop's own
+    assert deadline(300.0) == 300.0
+    assert deadline(5.0) == MIN_CANDIDATE_S
+    assert deadline(1e9) == deadline(math.inf) == cap
