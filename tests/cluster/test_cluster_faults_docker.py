@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.registry.store import INTERRUPTED
-from tests.cluster.runs import RESEARCHER, RUN, _env, _only_run, _records, _sandboxes
+from tests.cluster.runs import RESEARCHER, RUN, _env, _only_run, _records, _sandboxes, scripted_llm
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -45,8 +45,13 @@ def test_bench_cluster_reports_the_dispatch_overhead_against_the_local_warm_pool
 def test_sigterm_kills_the_sandboxes_on_every_node_and_resume_finishes_on_the_cluster(ray_cluster, tmp_path):
     # A goal without a target: the run cannot end early, only once its 4 candidates are done
     # (digits' selection split is small enough for a candidate to score 1.0 and meet "99.9%").
+    with scripted_llm() as llm:  # resume asks the same LLM: it stays up for both
+        _sigterm_then_resume(ray_cluster, tmp_path, llm)
+
+
+def _sigterm_then_resume(ray_cluster, tmp_path: Path, llm: list[str]) -> None:
     args = RUN + ["--dataset", "digits", "--goal", "digits classifier", "--max-candidates", str(BUDGET),
-                  "--parallel", "2", "--name", "r", "--cluster", ray_cluster.client_address]
+                  "--parallel", "2", "--name", "r", "--cluster", ray_cluster.client_address, *llm]
     proc = subprocess.Popen(RESEARCHER + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     run_dir = tmp_path / "runs" / "r"
@@ -126,12 +131,17 @@ def _timeline(events) -> str:
 
 
 def test_a_node_killed_mid_candidate_costs_a_retry_and_a_node_that_joins_is_used(ray_cluster, tmp_path):
-    node2 = ray_cluster.nodes["researcher_node2"]
     # 3 seeds: a victim seen training for 3 s has the rest of its seeds ahead (with one seed, a CI
     # run's victim trained 4.5 s in all and its result was in before the kill). No target: all 5
     # candidates run (a 1.0 on digits' 135 selection images would meet "99.9%").
+    with scripted_llm() as llm:
+        _kill_a_node_then_join_one(ray_cluster, tmp_path, llm)
+
+
+def _kill_a_node_then_join_one(ray_cluster, tmp_path: Path, llm: list[str]) -> None:
+    node2 = ray_cluster.nodes["researcher_node2"]
     args = RUN + ["--dataset", "digits", "--goal", "digits classifier", "--seeds", "3",
-                  "--max-candidates", "5", "--parallel", "2", "--cluster", ray_cluster.client_address]
+                  "--max-candidates", "5", "--parallel", "2", "--cluster", ray_cluster.client_address, *llm]
     proc = subprocess.Popen(RESEARCHER + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     output: dict[str, str] = {}
