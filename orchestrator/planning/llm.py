@@ -21,7 +21,7 @@ design so far, whoever proposed it, on train + val with the time left. Until the
 fallback holds each of the LLM's candidates to the time its own would get (``fit``): a
 deadline that keeps the final training's reserve, and fewer epochs for a config it can
 time; the prompt gives the time left, that limit and what each earlier candidate took.
-When what is left cannot train the quickest design measured (``no_room``), ``propose``
+When what is left cannot train the quickest design measured (its ``no_room``), ``propose``
 returns None without asking the LLM, and ``stop_reason`` says why.
 """
 
@@ -314,14 +314,13 @@ class LLMPlanner:
         """The final training once it is due, else None when no candidate fits the time left,
         else a repair of the latest repairable failure, else a new candidate; never raises."""
         self._count = max([self._count, *(_ref_number(o.proposal.ref) for o in history)]) + 1
-        try:
-            final = self._final_if_due(history)
-        except Exception:  # noqa: BLE001 - the fallback's arithmetic must not cost the LLM its turn
-            final = None
+        # the fallback's final training of the best design so far (the LLM's or its own), once
+        # the time budget has no room for another candidate beside it
+        final = self._from_fallback("final_if_due", None, history)
         if final is not None:
             self.last_error = ""
             return final
-        self._stop_reason = self._no_room()
+        self._stop_reason = self._from_fallback("no_room", "", least_epochs=self.assembler.bounds.epochs[0])
         if self._stop_reason:  # no candidate fits the time left: end the run, without asking
             self.last_error = ""
             return None
@@ -336,34 +335,28 @@ class LLMPlanner:
         self.last_error = ""
         return self._fit(proposal)
 
+    def _from_fallback(self, method: str, default: Any, *args: Any, **kwargs: Any) -> Any:
+        """``self.fallback.<method>(...)``, or ``default`` where the fallback has no such method
+        or it raises: the fallback's arithmetic must never cost the LLM its turn."""
+        call = getattr(self.fallback, method, None)
+        if call is None:
+            return default
+        try:
+            return call(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - see above
+            return default
+
     def _fit(self, proposal: Proposal) -> Proposal:
         """The LLM's candidate held to the time the fallback's own would get (its ``fit``): it
         stops in time for the final training, and a config it can time is planned shorter
         where needed; the change is said in the rationale."""
-        fit = getattr(self.fallback, "fit", None)
-        if fit is None:
-            return proposal
-        try:
-            fitted, note = fit(proposal, least_epochs=self.assembler.bounds.epochs[0])
-        except Exception:  # noqa: BLE001 - the fallback's arithmetic must not cost the LLM its candidate
-            return proposal
+        fitted, note = self._from_fallback("fit", (proposal, ""), proposal,
+                                           least_epochs=self.assembler.bounds.epochs[0])
         return msgspec.structs.replace(fitted, rationale=f"{fitted.rationale} [{note}]") if note else fitted
-
-    def _no_room(self) -> str:
-        """Why no candidate of the LLM's fits the run's time left ('' when one may): the fallback's word."""
-        no_room = getattr(self.fallback, "no_room", None)
-        try:
-            return no_room(least_epochs=self.assembler.bounds.epochs[0]) if no_room is not None else ""
-        except Exception:  # noqa: BLE001 - the fallback's arithmetic must not cost the LLM its turn
-            return ""
 
     def _time_line(self) -> str:
         """What the prompt says about time: what is left and what one candidate may train."""
-        limit = getattr(self.fallback, "candidate_limit", None)
-        try:
-            most = limit() if limit is not None else None
-        except Exception:  # noqa: BLE001 - a missing line must not cost the LLM its turn
-            most = None
+        most = self._from_fallback("candidate_limit", None)
         if self._seconds_left is None or most is None:
             return ""
         return (f"Time: about {self._seconds_left:.0f} s of the run are left; a candidate may train "
@@ -379,12 +372,6 @@ class LLMPlanner:
         messages = prompts.propose_messages(self._system, self.goal, self.facts, self.target, history,
                                             limit=self.history_limit, time_line=self._time_line())
         return messages, "propose", None
-
-    def _final_if_due(self, history: Sequence[Outcome]) -> Proposal | None:
-        """The fallback's final training of the best design so far (the LLM's or its own),
-        once the time budget has no room for another candidate beside it; else None."""
-        final_if_due = getattr(self.fallback, "final_if_due", None)
-        return final_if_due(history) if final_if_due is not None else None
 
     def observe(self, outcome: Outcome) -> None:
         """Pass outcomes on to the fallback planner; the history carries the rest."""

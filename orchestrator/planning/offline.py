@@ -202,12 +202,10 @@ class OfflinePlanner:
         if limit is None or final_training_of(proposal) is not None:
             return proposal, ""
         epochs, note = proposal.train.epochs, ""
-        per_epoch = None
-        if proposal.config is not None:
-            try:
-                per_epoch = budget.timer.per_epoch(self._macs(proposal))
-            except InvalidConfig:
-                pass
+        try:
+            per_epoch = self._per_epoch(proposal)
+        except InvalidConfig:
+            per_epoch = None
         if per_epoch is not None:
             fitted = max(least_epochs, min(epochs, budget.epochs_within(limit, per_epoch)))
             if fitted < epochs:
@@ -294,9 +292,13 @@ class OfflinePlanner:
         """
         retrained = final_training_of(proposal)
         per_epoch = None if retrained is None else self._budget.final_per_epoch(retrained)
-        if per_epoch is None and proposal.config is not None:
-            per_epoch = self._budget.timer.per_epoch(self._macs(proposal))
+        if per_epoch is None:
+            per_epoch = self._per_epoch(proposal)
         return None if per_epoch is None else self._budget.cost(per_epoch, proposal.train.epochs)
+
+    def _per_epoch(self, proposal: Proposal) -> float | None:
+        """The timer's seconds per epoch and seed for ``proposal``'s config (None: no config, or untimed)."""
+        return None if proposal.config is None else self._budget.timer.per_epoch(self._macs(proposal))
 
     # ------------------------------------------------------------- search trials
 
@@ -368,7 +370,7 @@ class OfflinePlanner:
         lo, hi = self.space.min_epochs, self.space.max_epochs
         budget = self._budget
         per_epoch = budget.timer.per_epoch(macs)
-        limit = budget.search_limit(None if self._final is not None else self._reserve())
+        limit = self.candidate_limit()
         if per_epoch is None:
             return hi, None
         epochs = hi if limit is None else min(hi, budget.epochs_within(limit, per_epoch))
