@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator import units
 from orchestrator.planning.types import Proposal, candidate_label, final_training_of
 from orchestrator.safetext import inert
 
@@ -101,8 +102,13 @@ class LiveView:
             line = f"{record.id} pruned after {len(record.val_curve())} epochs"
         else:
             value = record.value(metric)
-            line = (f"{record.label} selection {metric} {value:.4f} {_fmt_ci(record, metric)}  "
-                    f"({record.params or 0:,} params, {record.seconds:.1f} s)")
+            facts = [f"{record.params or 0:,} params"]
+            if record.flops is not None:
+                facts.append(f"{units.flops(record.flops)} per example")
+            facts.append(f"{record.seconds:.1f} s")
+            if record.truncated:
+                facts.append("truncated by its deadline")
+            line = f"{record.label} selection {metric} {value:.4f} {_fmt_ci(record, metric)}  ({', '.join(facts)})"
         _say(line)
 
     def message(self, text: str) -> None:

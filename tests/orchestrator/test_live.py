@@ -155,3 +155,19 @@ def test_a_final_training_in_flight_names_the_candidate_it_retrains(monkeypatch,
                             "c004": {"proposal": Proposal(config=config, params={FINAL_OF: "c002"}), "epoch": 0}}))
     err = capsys.readouterr().err
     assert "c003 (final of c002) seed 1 epoch 208/500 val acc 1.0000; c004 starting (3 finished)" in err
+
+
+def test_a_finished_line_gives_the_candidates_size_cost_time_and_truncation(tmp_path, capsys):
+    from msgspec import structs
+
+    from orchestrator.registry import Registry
+    from tests.registry import factories as f
+
+    with Registry.create(tmp_path / "run", f.settings(), plots=False) as reg:
+        record = reg.candidate(f.add_passed(reg, 2.0, width=16))
+    view = LiveView(enabled=False)
+    view.candidate_finished(record)
+    view.candidate_finished(structs.replace(record, truncated=True))
+    whole, cut = capsys.readouterr().err.splitlines()
+    assert whole.endswith("(16,000 params, 32 kFLOPs per example, 2.5 s)")
+    assert cut.endswith("(16,000 params, 32 kFLOPs per example, 2.5 s, truncated by its deadline)")
