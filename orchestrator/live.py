@@ -107,7 +107,7 @@ class LiveView:
                 facts.append(f"{units.flops(record.flops)} per example")
             facts.append(f"{record.seconds:.1f} s")
             if record.truncated:
-                facts.append("truncated by its deadline")
+                facts.append("truncated at its deadline")
             line = f"{record.label} selection {metric} {value:.4f} {_fmt_ci(record, metric)}  ({', '.join(facts)})"
         _say(line)
 

@@ -170,4 +170,4 @@ def test_a_finished_line_gives_the_candidates_size_cost_time_and_truncation(tmp_
     view.candidate_finished(structs.replace(record, truncated=True))
     whole, cut = capsys.readouterr().err.splitlines()
     assert whole.endswith("(16,000 params, 32 kFLOPs per example, 2.5 s)")
-    assert cut.endswith("(16,000 params, 32 kFLOPs per example, 2.5 s, truncated by its deadline)")
+    assert cut.endswith("(16,000 params, 32 kFLOPs per example, 2.5 s, truncated at its deadline)")
