@@ -8,7 +8,7 @@
 #                                                   prints the base URL (http://127.0.0.1:N/v1) last
 #   scripts/llama_server.sh stop [--pidfile F]
 #
-# Idempotent: setup reuses .venv-llm and the cached wheel (building it takes ~8 min once).
+# Idempotent: setup reuses .venv-llm and the cached wheel (building it takes ~5 min once).
 #   LLM_VENV (default .venv-llm), LLM_PORT (8080), LLM_N_CTX (4096), LLM_WAIT_S (120)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

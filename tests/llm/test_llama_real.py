@@ -2,7 +2,7 @@
 
 Marked ``llm``: deselect with ``-m "not llm"`` where no compiler or time is at hand. When
 the server cannot start the tests FAIL, never skip: CI must not go green without them.
-The first run on a machine builds llama-cpp-python from source (about 8 min on 2 cores);
+The first run on a machine builds llama-cpp-python from source (about 5 min on 2 cores);
 later runs reuse the cached wheel and start in seconds.
 """
 
